@@ -1,0 +1,1 @@
+"""agent: lands with a later issue (see DESIGN.md)."""

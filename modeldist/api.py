@@ -1,0 +1,161 @@
+"""The public Python API that inference servers call at start-up (DESIGN section 2).
+
+``load`` and ``stream`` hand out tensors that share memory with the node's store; ``snapshot_download``
+gives a folder ``from_pretrained`` can read. Until the swarm lands, everything runs in-process,
+straight from the origin; ``scheduler``/``agent`` arguments are refused with a ``ConfigError``.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+from . import metrics, staging
+from .config import Config
+from .errors import ConfigError, ModelDistError, OriginError
+from .loaders import ModelView, _framework
+from .manifest import Manifest
+from .store import Store
+
+__all__ = ["load", "stream", "snapshot_download", "resolve_config"]
+
+Patterns = Sequence[str] | str | None
+
+
+def resolve_config(config: Config | Mapping[str, Any] | str | os.PathLike | None = None, **overrides: Any) -> Config:
+    """``config``: a Config, a mapping of settings, or a TOML file; ``overrides`` (non-None) win."""
+    if isinstance(config, Config):
+        cfg = config.replace(**overrides)
+    elif isinstance(config, Mapping):
+        cfg = Config.load(**{**config, **{k: v for k, v in overrides.items() if v is not None}})
+    else:
+        cfg = Config.load(config, **overrides)
+    if cfg.scheduler:
+        raise ConfigError(f"scheduler {cfg.scheduler!r} given, but this version of modeldist has no swarm yet: "
+                          "omit scheduler= and unset MODELDIST_SCHEDULER to read straight from the origin")
+    if cfg.agent:
+        raise ConfigError(f"agent {cfg.agent!r} given, but this version of modeldist has no agent yet: "
+                          "omit agent= and unset MODELDIST_AGENT")
+    return cfg
+
+
+def load(source: str | os.PathLike, *, framework: str = "numpy", device: str | None = None,
+         revision: str | None = None, allow_patterns: Patterns = None, scheduler: str | None = None,
+         agent: str | None = None, store: str | None = None, config: Any = None) -> dict[str, Any]:
+    """Every tensor of the model at ``source`` as a dict, sharing memory with this node's store.
+
+    Bit-identical to ``safetensors.<framework>.load_file`` of the origin files; a sharded model
+    (``*.safetensors.index.json``) loads as one dict. ``device="cuda:N"`` copies to that GPU.
+    """
+    fw = _framework(framework)
+    if device not in (None, "cpu") and fw != "pt":
+        raise ConfigError("device= needs framework='pt'")
+    cfg = resolve_config(config, scheduler=scheduler, agent=agent, store=store)
+    t0 = time.monotonic()
+    staged = staging.stage(os.fspath(source), revision=revision, allow_patterns=allow_patterns, config=cfg)
+    view = ModelView(staged.path, staged.manifest)
+    tensors = dict(view.tensors(staged.manifest.state_dict_tensors(), fw))
+    if device not in (None, "cpu"):
+        from .loaders.gpu import to_device
+
+        files = {t.file for t in staged.manifest.state_dict_tensors()}
+        tensors = to_device(tensors, device, [b for f in sorted(files) if (b := view.buffer(f)) is not None])
+    metrics.MODEL_LOAD_SECONDS.labels(stage="load").observe(time.monotonic() - t0)
+    return tensors
+
+
+def stream(source: str | os.PathLike, *, framework: str = "numpy", device: str | None = None,
+           revision: str | None = None, allow_patterns: Patterns = None, scheduler: str | None = None,
+           agent: str | None = None, store: str | None = None, config: Any = None) -> Iterator[tuple[str, Any]]:
+    """Yield ``(name, tensor)`` in arrival order, each as soon as all its bytes are verified.
+
+    Staging runs in a background thread; if the caller stops early it still completes the store.
+    """
+    fw = _framework(framework)
+    if device not in (None, "cpu") and fw != "pt":
+        raise ConfigError("device= needs framework='pt'")
+    cfg = resolve_config(config, scheduler=scheduler, agent=agent, store=store)
+    events: "queue.SimpleQueue[tuple]" = queue.SimpleQueue()
+
+    def run() -> None:
+        try:
+            staging.stage(os.fspath(source), revision=revision, allow_patterns=allow_patterns, config=cfg,
+                          on_start=lambda m, missing: events.put(("start", m, missing)),
+                          on_piece=lambda i, n: events.put(("piece", i)))
+            events.put(("done",))
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
+            events.put(("error", exc))
+
+    worker = threading.Thread(target=run, name="modeldist-stream", daemon=True)
+    worker.start()
+    # no single wait may outlast what the origin reads themselves are allowed
+    stall = cfg.read_timeout * (cfg.retries + 1) + 60
+
+    def next_event() -> tuple:
+        try:
+            ev = events.get(timeout=stall)
+        except queue.Empty:
+            raise OriginError(f"{source}: no progress for {stall:.0f}s", source=str(source)) from None
+        if ev[0] == "error":
+            raise ev[1]
+        return ev
+
+    ev = next_event()
+    if ev[0] != "start":
+        raise ModelDistError(f"internal: unexpected staging event {ev[0]!r}")
+    manifest: Manifest = ev[1]
+    missing = set(ev[2])
+    view = ModelView(Store(config=cfg).path_of(manifest.digest), manifest)
+    entries = manifest.state_dict_tensors()
+    waiting: dict[int, int] = {}
+    by_piece: dict[int, list[int]] = {}
+    ready: list[int] = []
+    for k, t in enumerate(entries):
+        need = [p for p in manifest.pieces_of_tensor(t) if p in missing]
+        if need:
+            waiting[k] = len(need)
+            for p in need:
+                by_piece.setdefault(p, []).append(k)
+        else:
+            ready.append(k)
+
+    def emit(k: int) -> tuple[str, Any]:
+        t = entries[k]
+        value = view.tensor(t, fw)
+        if device not in (None, "cpu"):
+            value = value.to(device)
+        return t.name, value
+
+    for k in ready:
+        yield emit(k)
+    while waiting:
+        ev = next_event()
+        if ev[0] == "piece":
+            for k in by_piece.pop(ev[1], ()):
+                waiting[k] -= 1
+                if waiting[k] == 0:
+                    del waiting[k]
+                    yield emit(k)
+        elif ev[0] == "done" and waiting:
+            raise ModelDistError(f"internal: staging finished with {len(waiting)} tensors incomplete")
+    worker.join(timeout=stall)
+
+
+def snapshot_download(repo_id: str | os.PathLike, *, revision: str | None = None, allow_patterns: Patterns = None,
+                      token: str | None = None, scheduler: str | None = None, agent: str | None = None,
+                      store: str | None = None, config: Any = None) -> str:
+    """Drop-in for ``huggingface_hub.snapshot_download``: a folder with the repo's files.
+
+    ``repo_id`` is an HF repo id (``org/name``), an ``hf://`` URI, a local folder or any URI.
+    The folder is this node's store copy (``<store>/<digest>``); treat it as read-only.
+    """
+    cfg = resolve_config(config, scheduler=scheduler, agent=agent, store=store, hf_token=token)
+    source = os.fspath(repo_id)
+    if "://" not in source and not Path(source).expanduser().exists():
+        source = f"hf://{source}"
+    staged = staging.stage(source, revision=revision, allow_patterns=allow_patterns, config=cfg)
+    return str(staged.path)

@@ -1,0 +1,160 @@
+"""The one place settings are resolved: arguments > ``MODELDIST_*`` environment > config file > defaults.
+
+Owns the ``Config`` dataclass and the only reads of ``os.environ`` for modeldist's own settings
+(HF and AWS variables belong to their libraries). The config file is TOML: ``$MODELDIST_CONFIG``,
+else ``~/.config/modeldist/config.toml`` if it exists, with the same keys as the dataclass fields.
+
+Must not: write the environment, configure logging, or do any I/O beyond reading the config file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import ConfigError
+
+__all__ = ["Config", "parse_size", "DEFAULT_SHM_STORE"]
+
+DEFAULT_SHM_STORE = "/dev/shm/modeldist"
+MIB = 1 << 20
+
+_SIZE_RE = re.compile(r"^\s*(\d+)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(value: int | str) -> int:
+    """``4194304``, ``"4MiB"``, ``"4M"``, ``"512k"`` -> bytes (binary units)."""
+    if isinstance(value, bool):
+        raise ConfigError(f"not a size: {value!r}")
+    if isinstance(value, int):
+        if value < 0:
+            raise ConfigError(f"size must be >= 0, got {value}")
+        return value
+    m = _SIZE_RE.match(str(value))
+    if not m:
+        raise ConfigError(f"not a size: {value!r} (examples: 4194304, 4MiB, 512k)")
+    unit = (m.group(2) or "").lower()[:1]
+    return int(m.group(1)) * _UNITS[unit]
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every knob of modeldist. Build one with ``Config.load(**overrides)``."""
+
+    #: "shm" (``/dev/shm/modeldist``) or a folder on disk for models larger than RAM.
+    store: str = "shm"
+    #: Piece size in bytes; None = about total/1000 rounded to a power of two, clamped to 1..64 MiB.
+    piece_size: int | None = None
+    #: Parallel origin reads (threads) when staging.
+    concurrency: int = 8
+    #: Attempts per origin read before giving up with OriginError.
+    retries: int = 5
+    #: First retry delay in seconds; doubles each attempt (with jitter), capped at 10 s.
+    retry_backoff: float = 0.2
+    #: Deadline in seconds for a whole staging run (None = no overall deadline; each read still has one).
+    timeout: float | None = None
+    #: Deadline in seconds for one origin read operation.
+    read_timeout: float = 120.0
+    #: Lock staged buffers in memory: "auto" (try, carry on if not allowed), "on" (fail if not), "off".
+    mlock: str = "auto"
+    #: Re-hash pieces recorded as present when resuming an incomplete model.
+    verify_on_resume: bool = True
+    #: Scheduler address (the swarm); None = straight from origin.
+    scheduler: str | None = None
+    #: Local agent socket; None = use one if running, else work in-process.
+    agent: str | None = None
+    #: Hugging Face token; None = huggingface_hub's own lookup (HF_TOKEN, token file).
+    hf_token: str | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.piece_size is not None and not (4096 <= self.piece_size <= 1 << 30):
+            raise ConfigError(f"piece_size must be between 4 KiB and 1 GiB, got {self.piece_size}")
+        if self.concurrency < 1 or self.concurrency > 256:
+            raise ConfigError(f"concurrency must be 1..256, got {self.concurrency}")
+        if self.retries < 1:
+            raise ConfigError(f"retries must be >= 1, got {self.retries}")
+        if self.retry_backoff < 0:
+            raise ConfigError("retry_backoff must be >= 0")
+        if self.mlock not in ("auto", "on", "off"):
+            raise ConfigError(f"mlock must be auto, on or off, got {self.mlock!r}")
+        if self.read_timeout <= 0:
+            raise ConfigError("read_timeout must be > 0")
+        if not self.store:
+            raise ConfigError("store must be 'shm' or a folder")
+
+    @property
+    def store_path(self) -> Path:
+        return Path(DEFAULT_SHM_STORE) if self.store == "shm" else Path(self.store).expanduser()
+
+    def replace(self, **changes: Any) -> "Config":
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    @classmethod
+    def load(cls, config_file: str | os.PathLike | None = None, *, env: Mapping[str, str] | None = None,
+             **overrides: Any) -> "Config":
+        """Resolve settings. ``overrides`` whose value is None are ignored (= not given)."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        path = config_file or env.get("MODELDIST_CONFIG")
+        if path is None:
+            default = Path("~/.config/modeldist/config.toml").expanduser()
+            path = default if default.is_file() else None
+        if path is not None:
+            values.update(_from_file(Path(path)))
+        for f in fields(cls):
+            raw = env.get(f"MODELDIST_{f.name.upper()}")
+            if raw is not None and raw != "":
+                values[f.name] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ConfigError(f"unknown setting(s): {', '.join(sorted(unknown))}")
+        return cls(**{k: _coerce(k, v) for k, v in values.items()})
+
+
+def _from_file(path: Path) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file not found: {path}") from exc
+    except (tomllib.TOMLDecodeError, OSError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    section = data.get("modeldist", data)
+    if not isinstance(section, dict):
+        raise ConfigError(f"config file {path}: [modeldist] must be a table")
+    return dict(section)
+
+
+_TYPES = {f.name: f.type for f in fields(Config)}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    kind = _TYPES[name]
+    try:
+        if name == "piece_size":
+            return None if value in (None, "", "auto") else parse_size(value)
+        if "bool" in kind:
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if kind.startswith("int"):
+            return int(value)
+        if kind.startswith("float"):
+            return None if value in (None, "", "none") else float(value)
+        if name == "mlock" and isinstance(value, bool):
+            return "on" if value else "off"
+        return None if value is None else str(value)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"bad value for {name}: {value!r}") from exc

@@ -1,0 +1,29 @@
+"""Every Prometheus metric of modeldist, defined once (DESIGN section 8). Names start ``modeldist_``.
+
+Must not: start servers on import. ``serve(port)`` starts the ``/metrics`` endpoint on request.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
+
+__all__ = ["BYTES_RECEIVED", "BYTES_SENT", "PIECES", "PIECE_SECONDS", "MODEL_LOAD_SECONDS",
+           "ACTIVE_SESSIONS", "serve"]
+
+BYTES_RECEIVED = Counter(
+    "modeldist_received_bytes", "Bytes received, by source (origin, peer) and transport (origin, tcp, rdma).",
+    ["source", "transport"])
+BYTES_SENT = Counter("modeldist_sent_bytes", "Bytes sent to peers, by transport.", ["transport"])
+PIECES = Counter("modeldist_pieces", "Pieces received, by result (ok, corrupt, timeout).", ["result"])
+PIECE_SECONDS = Histogram(
+    "modeldist_piece_seconds", "Time to fetch and verify one piece.",
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30))
+MODEL_LOAD_SECONDS = Histogram(
+    "modeldist_model_load_seconds", "Time to stage a model or map it into tensors.", ["stage"],
+    buckets=(0.001, 0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800))
+ACTIVE_SESSIONS = Gauge("modeldist_active_sessions", "Open data-plane sessions.", ["transport"])
+
+
+def serve(port: int, addr: str = "127.0.0.1") -> None:
+    """Expose ``/metrics`` of this process on ``addr:port``."""
+    start_http_server(port, addr=addr, registry=REGISTRY)

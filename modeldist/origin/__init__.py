@@ -1,0 +1,46 @@
+"""Where bytes first come from: local folders and files, Hugging Face Hub, any ``pyarrow.fs`` URI.
+
+``open_origin(source)`` picks the implementation from the source string; every origin lists the
+model's files and reads byte ranges with retries (``base.Origin``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+from ..config import Config
+from ..errors import OriginError
+from .base import Origin, OriginFile, is_transient
+
+__all__ = ["Origin", "OriginFile", "open_origin", "is_transient", "canonical_source"]
+
+_SCHEME_RE = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.\-]*)://")
+
+
+def open_origin(source: str | os.PathLike, *, revision: str | None = None,
+                config: Config | None = None) -> Origin:
+    """``hf://org/name[@rev]`` -> HF; ``scheme://...`` -> pyarrow.fs; anything else -> local path."""
+    cfg = config or Config.load()
+    src = os.fspath(source)
+    m = _SCHEME_RE.match(src)
+    if m is None:
+        from .local import LocalOrigin
+
+        return LocalOrigin(src, revision=revision, config=cfg)
+    scheme = m.group(1).lower()
+    if scheme == "hf":
+        from .hf import HfOrigin
+
+        return HfOrigin(src, revision=revision, config=cfg)
+    from .fs import FsOrigin
+
+    return FsOrigin(src, revision=revision, config=cfg)
+
+
+def canonical_source(source: str | os.PathLike) -> str:
+    """A stable spelling of a source for labels (absolute local paths)."""
+    src = os.fspath(source)
+    if _SCHEME_RE.match(src):
+        return src
+    return os.path.abspath(os.path.expanduser(src))

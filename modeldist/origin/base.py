@@ -1,0 +1,163 @@
+"""The Origin interface: list a model's files and read byte ranges of them, with retries.
+
+Owns the contract every origin implements and the one retry policy (exponential backoff with
+jitter; transient errors retried, permanent ones raised at once, all as ``OriginError``), plus the
+count of bytes read from the origin.
+
+Must not: know about stores, pieces or transports.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import threading
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Sequence
+
+from ..config import Config
+from ..errors import ModelDistError, OriginError
+
+__all__ = ["Origin", "OriginFile", "is_transient"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class OriginFile:
+    """One file as the origin lists it. ``sha256`` when the origin knows it (HF LFS);
+    ``version`` is the origin's change token otherwise (mtime, ETag)."""
+
+    path: str
+    size: int
+    sha256: str | None = None
+    version: str | None = None
+
+
+_PERMANENT = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Could retrying the same read succeed?"""
+    if isinstance(exc, OriginError):
+        return exc.transient
+    if isinstance(exc, ModelDistError):
+        return False
+    if isinstance(exc, _PERMANENT):
+        return False
+    return isinstance(exc, (OSError, ConnectionError, TimeoutError, EOFError))
+
+
+class Origin(ABC):
+    """Where the bytes of a model first come from. Thread-safe: staging reads in parallel."""
+
+    def __init__(self, source: str, *, revision: str | None = None, config: Config | None = None):
+        self.source = source
+        self.revision = revision
+        self.config = config or Config.load()
+        self._bytes_read = 0
+        self._reads = 0
+        self._lock = threading.Lock()
+        self._listing: list[OriginFile] | None = None
+        self._closed = False
+
+    # --- to implement -----------------------------------------------------------------------
+
+    @abstractmethod
+    def _list(self) -> list[OriginFile]:
+        """The model's files (paths relative to the model root, '/'-separated)."""
+
+    @abstractmethod
+    def _read_into(self, path: str, offset: int, buf: memoryview) -> int:
+        """One attempt: read up to len(buf) bytes at ``offset`` into ``buf``; return the count."""
+
+    def _close(self) -> None:
+        """Release handles (called once)."""
+
+    # --- public -----------------------------------------------------------------------------
+
+    @property
+    def bytes_read(self) -> int:
+        """Bytes read from the origin so far (headers and pieces, retries counted once per byte)."""
+        return self._bytes_read
+
+    @property
+    def reads(self) -> int:
+        return self._reads
+
+    def list_files(self) -> list[OriginFile]:
+        if self._listing is None:
+            self._listing = self._retry(self._list, what="list files")
+        return self._listing
+
+    def read_into(self, path: str, offset: int, buf: memoryview) -> None:
+        """Fill ``buf`` with the bytes of ``path`` at ``offset``, retrying transient errors."""
+        view = memoryview(buf).cast("B")
+        done = 0
+
+        def attempt() -> None:
+            nonlocal done
+            while done < len(view):
+                n = self._read_into(path, offset + done, view[done:])
+                if n <= 0:
+                    raise OriginError(f"{self.source}: {path}: unexpected end of file at offset "
+                                      f"{offset + done}", source=self.source, transient=False)
+                done += n
+                with self._lock:
+                    self._bytes_read += n
+
+        self._retry(attempt, what=f"read {path}@{offset}+{len(view)}")
+        with self._lock:
+            self._reads += 1
+
+    def read(self, path: str, offset: int, length: int) -> bytes:
+        buf = bytearray(length)
+        self.read_into(path, offset, memoryview(buf))
+        return bytes(buf)
+
+    def manifest(self, *, piece_size: int | None = None, allow_patterns: Sequence[str] | str | None = None):
+        from ..manifest import Manifest
+
+        return Manifest.build(self.list_files(), self.read, source=self.source, revision=self.revision,
+                              piece_size=piece_size, allow_patterns=allow_patterns)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._close()
+
+    def __enter__(self) -> "Origin":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # --- retry policy -----------------------------------------------------------------------
+
+    def _retry(self, fn, *, what: str):
+        cfg = self.config
+        deadline = time.monotonic() + cfg.read_timeout
+        last: BaseException | None = None
+        for attempt in range(cfg.retries):
+            if self._closed:
+                raise OriginError(f"{self.source}: origin closed", source=self.source)
+            try:
+                return fn()
+            except BaseException as exc:  # noqa: BLE001 - classified below, re-raised typed
+                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                    raise
+                if not is_transient(exc):
+                    if isinstance(exc, ModelDistError):
+                        raise
+                    raise OriginError(f"{self.source}: cannot {what}: {exc}", source=self.source) from exc
+                last = exc
+            delay = min(10.0, cfg.retry_backoff * (2 ** attempt)) * random.uniform(0.5, 1.5)
+            if attempt + 1 >= cfg.retries or time.monotonic() + delay > deadline:
+                break
+            log.warning("origin %s: %s failed (%s), retry %d/%d in %.2fs", self.source, what, last,
+                        attempt + 1, cfg.retries - 1, delay)
+            time.sleep(delay)
+        raise OriginError(f"{self.source}: cannot {what} after {attempt + 1} attempt(s): {last}",
+                          source=self.source, transient=True) from last

@@ -1,0 +1,1 @@
+"""proto: lands with a later issue (see DESIGN.md)."""

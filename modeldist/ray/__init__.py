@@ -1,0 +1,1 @@
+"""ray: lands with a later issue (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""scheduler: lands with a later issue (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""transport: lands with a later issue (see DESIGN.md)."""
