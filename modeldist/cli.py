@@ -1,0 +1,261 @@
+"""The ``modeldist`` command (DESIGN section 3).
+
+Errors print as one line (``error: ...``) with exit status 1; ``--debug`` shows the traceback. Long
+work shows a progress bar on a terminal. This is the only module that configures logging.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.table import Table
+
+from .config import Config, parse_size
+from .errors import ConfigError, ModelDistError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Get model weights onto every node, fast, reading the origin once.")
+console = Console()
+err_console = Console(stderr=True)
+_state = {"debug": False}
+
+
+@app.callback()
+def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs."),
+          verbose: bool = typer.Option(False, "--verbose", "-v", help="Show info logs.")) -> None:
+    _state["debug"] = debug
+    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                    TimeRemainingColumn(), console=err_console, transient=False,
+                    disable=not err_console.is_terminal)
+
+
+def _config(store: Optional[str], piece_size: Optional[str], concurrency: Optional[int] = None) -> Config:
+    return Config.load(store=store, piece_size=parse_size(piece_size) if piece_size else None,
+                       concurrency=concurrency)
+
+
+def _stage_with_progress(source: str, cfg: Config, *, revision=None, allow=None, label="staging"):
+    from .staging import stage
+
+    with _progress() as progress:
+        task = progress.add_task(label, total=None)
+
+        def on_start(manifest, missing):
+            done = manifest.total_size - sum(manifest.pieces[i].length for i in missing)
+            progress.update(task, total=manifest.total_size, completed=done)
+
+        return stage(source, revision=revision, allow_patterns=allow, config=cfg, on_start=on_start,
+                     on_piece=lambda i, n: progress.advance(task, n))
+
+
+@app.command()
+def inspect(source: str = typer.Argument(..., help="hf://org/name[@rev], a folder or file, or a pyarrow.fs URI."),
+            revision: Optional[str] = typer.Option(None, help="Revision (branch, tag or commit)."),
+            piece_size: Optional[str] = typer.Option(None, help="Piece size, e.g. 4MiB (default: automatic)."),
+            allow: Optional[list[str]] = typer.Option(None, help="Only files matching this glob (repeatable)."),
+            tensors: bool = typer.Option(False, "--tensors", help="List every tensor."),
+            as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
+            store: Optional[str] = typer.Option(None, help="Store to look in for piece digests.")) -> None:
+    """Show a model's manifest: files, tensors, pieces and digests (reads headers only)."""
+    from .manifest import Manifest
+    from .store import Store
+
+    cfg = _config(store, piece_size)
+    m = Manifest.from_source(source, revision=revision, piece_size=cfg.piece_size, allow_patterns=allow, config=cfg)
+    st = Store(config=cfg)
+    staged = st.is_complete(m.digest)
+    if staged:
+        m = st.manifest(m.digest)  # carries the piece digests
+    if as_json:
+        sys.stdout.write(m.to_json().decode() + "\n")
+        return
+    console.print(f"[bold]{source}[/]" + (f" @ {m.revision}" if m.revision else ""))
+    console.print(f"digest      {m.digest}")
+    console.print(f"size        {_human(m.total_size)} in {len(m.files)} files, {len(m.tensors)} tensors")
+    console.print(f"pieces      {len(m.pieces)} x {_human(m.piece_size)}"
+                  + (f"  (piece digests from store, content {m.content_digest[:16]}...)" if staged
+                     else "  (piece digests: computed by the seed when staged)"))
+    console.print(f"weights     {', '.join(m.weight_files) or '-'}")
+    table = Table("file", "kind", "size", "sha256", box=None)
+    for f in m.files:
+        table.add_row(f.path, f.kind, _human(f.size), (f.sha256[:16] + "...") if f.sha256 else "-")
+    console.print(table)
+    dtypes: dict[str, int] = {}
+    for t in m.tensors:
+        dtypes[t.dtype] = dtypes.get(t.dtype, 0) + t.nbytes
+    console.print("dtypes      " + ", ".join(f"{k} {_human(v)}" for k, v in sorted(dtypes.items())))
+    if tensors:
+        tt = Table("tensor", "dtype", "shape", "file", "bytes", box=None)
+        for t in m.tensors:
+            tt.add_row(t.name, t.dtype, str(list(t.shape)), t.file, f"[{t.start}, {t.end})")
+        console.print(tt)
+
+
+@app.command()
+def stage(source: str = typer.Argument(..., help="hf://org/name[@rev], a folder or file, or a pyarrow.fs URI."),
+          revision: Optional[str] = typer.Option(None, help="Revision (branch, tag or commit)."),
+          scheduler: Optional[str] = typer.Option(None, help="Scheduler address (swarm)."),
+          to: Optional[str] = typer.Option(None, "--to", help="Store: 'shm' (default) or a folder."),
+          all_nodes: bool = typer.Option(False, "--all", help="Stage on every registered agent (swarm)."),
+          allow: Optional[list[str]] = typer.Option(None, help="Only files matching this glob (repeatable)."),
+          piece_size: Optional[str] = typer.Option(None, help="Piece size, e.g. 4MiB (default: automatic)."),
+          concurrency: Optional[int] = typer.Option(None, help="Parallel origin reads.")) -> None:
+    """Pre-stage a model into this node's store (verified, resumable)."""
+    if scheduler or all_nodes:
+        raise ConfigError("--scheduler/--all need the swarm, which this version does not have yet; "
+                          "run without them to stage on this node")
+    cfg = _config(to, piece_size, concurrency)
+    staged = _stage_with_progress(source, cfg, revision=revision, allow=allow)
+    m = staged.manifest
+    rate = staged.origin_bytes / staged.seconds if staged.seconds > 0 else 0.0
+    console.print(f"staged {_human(m.total_size)} ({len(m.files)} files, {len(m.pieces)} pieces) in "
+                  f"{staged.seconds:.2f}s; read {_human(staged.origin_bytes)} from origin"
+                  + (f" at {_human(rate)}/s" if staged.origin_bytes else " (already in store)"))
+    console.print(str(staged.path))
+
+
+@app.command()
+def demo(peers: int = typer.Option(0, help="Peers for the broadcast (needs the swarm; 0 = this node only)."),
+         source: Optional[str] = typer.Option(None, help="Model to use (default: generate one)."),
+         piece_size: Optional[str] = typer.Option(None, help="Piece size, e.g. 4MiB."),
+         size: str = typer.Option("128MiB", help="Size of the generated model."),
+         keep: bool = typer.Option(False, help="Keep the temporary store and model.")) -> None:
+    """Stage a model (generated if none given) from its origin, verify every byte, print a summary."""
+    if peers:
+        raise ConfigError("--peers needs the swarm, which this version does not have yet; run with --peers 0")
+    import numpy as np
+    from safetensors.numpy import load_file
+
+    from .api import load
+
+    work = Path(tempfile.mkdtemp(prefix="modeldist-demo-"))
+    try:
+        if source is None:
+            origin_dir = work / "origin"
+            console.print(f"generating a {size} model in {origin_dir} ...")
+            _generate_model(origin_dir, parse_size(size))
+            source = str(origin_dir)
+        cfg = _config(str(work / "store"), piece_size)
+        staged = _stage_with_progress(source, cfg, label="origin -> store")
+        m = staged.manifest
+        t0 = time.monotonic()
+        tensors = load(source, config=cfg)
+        load_s = time.monotonic() - t0
+        # verify: every file byte-equal to the origin's, every tensor equal to safetensors' own reading
+        bad = []
+        origin_root = Path(source)
+        if origin_root.is_dir():
+            for f in m.files:
+                if (origin_root / f.path).read_bytes() != (staged.path / f.path).read_bytes():
+                    bad.append(f.path)
+            for wf in m.weight_files:
+                ref = load_file(origin_root / wf)
+                for k, v in ref.items():
+                    if not np.array_equal(v, tensors[k]):
+                        bad.append(k)
+        table = Table(title="modeldist demo (single node: origin -> store -> tensors)", show_header=False)
+        table.add_column("", style="bold")
+        table.add_column("")
+        rows = [
+            ("model", f"{_human(m.total_size)}: {len(m.files)} files, {len(m.tensors)} tensors, "
+                      f"{len(m.pieces)} pieces of {_human(m.piece_size)}"),
+            ("stage time", f"{staged.seconds:.2f} s"),
+            ("throughput", f"{_human(staged.origin_bytes / max(staged.seconds, 1e-9))}/s"),
+            ("origin bytes / model size", f"{staged.origin_bytes / max(m.total_size, 1):.2f}"),
+            ("bytes by transport", f"origin {_human(staged.origin_bytes)}"),
+            ("load() (zero-copy views)", f"{load_s * 1000:.1f} ms"),
+            ("verified", "[green]every byte equal to the origin[/]" if not bad else f"[red]{len(bad)} mismatches[/]"),
+        ]
+        for k, v in rows:
+            table.add_row(k, v)
+        console.print(table)
+        if bad:
+            raise ModelDistError(f"verification failed for: {', '.join(bad[:5])}")
+        del tensors
+    finally:
+        if not keep:
+            import shutil
+
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            console.print(f"kept {work}")
+
+
+def _generate_model(folder: Path, total: int, shards: int = 4) -> None:
+    """A sharded safetensors model with an index and a config, written by the safetensors library."""
+    import numpy as np
+    from safetensors.numpy import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    per_shard = max(total // shards, 1 << 16)
+    weight_map = {}
+    for s in range(shards):
+        tensors = {}
+        left, k = per_shard, 0
+        while left > 0:
+            n = min(left, 8 << 20) // 2
+            name = f"layers.{s}.block{k}.weight"
+            tensors[name] = rng.standard_normal(n, dtype=np.float32).astype(np.float16).reshape(-1, 256) \
+                if n % 256 == 0 else rng.standard_normal(n, dtype=np.float32).astype(np.float16)
+            left -= n * 2
+            k += 1
+        fname = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
+        save_file(tensors, folder / fname, metadata={"format": "pt"})
+        weight_map.update({name: fname for name in tensors})
+    (folder / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": per_shard * shards}, "weight_map": weight_map}, indent=2))
+    (folder / "config.json").write_text(json.dumps({"model_type": "demo", "shards": shards}))
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    try:
+        app(args=argv, standalone_mode=False)
+    except ModelDistError as exc:
+        if _state["debug"]:
+            raise
+        err_console.print(f"[red]error:[/] {exc}")
+        sys.exit(1)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+    except (typer.Exit, SystemExit) as exc:
+        sys.exit(getattr(exc, "exit_code", getattr(exc, "code", 0)))
+    except Exception as exc:  # usage errors of the (vendored) click under typer, duck-typed
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            sys.exit(0)
+        if hasattr(exc, "show") and hasattr(exc, "exit_code"):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if type(exc).__name__ == "Abort":
+            sys.exit(1)
+        if _state["debug"]:
+            raise
+        err_console.print(f"[red]error:[/] {type(exc).__name__}: {exc} (run with --debug for the traceback)")
+        sys.exit(1)
+
+if __name__ == "__main__":
+    main()
