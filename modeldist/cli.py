@@ -25,7 +25,7 @@ from .errors import ConfigError, ModelDistError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Get model weights onto every node, fast, reading the origin once.")
-console = Console()
+console = Console(soft_wrap=True)
 err_console = Console(stderr=True)
 _state = {"debug": False}
 
@@ -134,7 +134,8 @@ def stage(source: str = typer.Argument(..., help="hf://org/name[@rev], a folder 
     console.print(f"staged {_human(m.total_size)} ({len(m.files)} files, {len(m.pieces)} pieces) in "
                   f"{staged.seconds:.2f}s; read {_human(staged.origin_bytes)} from origin"
                   + (f" at {_human(rate)}/s" if staged.origin_bytes else " (already in store)"))
-    console.print(str(staged.path))
+    console.file.flush()
+    sys.stdout.write(f"{staged.path}\n")  # plain, unwrapped: scripts read the folder from the last line
 
 
 @app.command()
