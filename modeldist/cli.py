@@ -123,10 +123,17 @@ def stage(source: str = typer.Argument(..., help="hf://org/name[@rev], a folder 
           allow: Optional[list[str]] = typer.Option(None, help="Only files matching this glob (repeatable)."),
           piece_size: Optional[str] = typer.Option(None, help="Piece size, e.g. 4MiB (default: automatic)."),
           concurrency: Optional[int] = typer.Option(None, help="Parallel origin reads.")) -> None:
-    """Pre-stage a model into this node's store (verified, resumable)."""
-    if scheduler or all_nodes:
-        raise ConfigError("--scheduler/--all need the swarm, which this version does not have yet; "
-                          "run without them to stage on this node")
+    """Pre-stage a model into this node's store, or with --scheduler --all on every agent."""
+    if all_nodes or scheduler:
+        if not scheduler:
+            raise ConfigError("--all needs --scheduler ADDR")
+        if not all_nodes:
+            raise ConfigError("--scheduler stages on the cluster: add --all (every registered agent)")
+        from .cluster import stage_all
+
+        stage_all(scheduler, source, revision=revision, allow=allow, piece_size=parse_size(piece_size)
+                  if piece_size else 0, console=console, progress=_progress())
+        return
     cfg = _config(to, piece_size, concurrency)
     staged = _stage_with_progress(source, cfg, revision=revision, allow=allow)
     m = staged.manifest
@@ -139,25 +146,86 @@ def stage(source: str = typer.Argument(..., help="hf://org/name[@rev], a folder 
 
 
 @app.command()
-def demo(peers: int = typer.Option(0, help="Peers for the broadcast (needs the swarm; 0 = this node only)."),
+def scheduler(listen: str = typer.Option("127.0.0.1:7070", help="Address to serve gRPC on."),
+              metrics_port: Optional[int] = typer.Option(None, help="Serve /metrics on this port."),
+              dead_after: float = typer.Option(5.0, help="Seconds of silence before a node is declared dead.")) -> None:
+    """Run the scheduler (plans broadcasts, tracks progress, repairs on failure)."""
+    import asyncio
+
+    from . import metrics
+    from .scheduler.service import serve
+
+    if metrics_port is not None:
+        metrics.serve(metrics_port)
+    asyncio.run(serve(listen, config=Config.load(), dead_after=dead_after,
+                      ready=lambda a: err_console.print(f"scheduler listening on {a}")))
+
+
+@app.command()
+def agent(scheduler: str = typer.Option(..., help="Scheduler address host:port."),
+          listen: str = typer.Option("127.0.0.1:0", help="Data-plane address (port 0 = any)."),
+          advertise: Optional[str] = typer.Option(None, help="Data address peers should use (default: listen)."),
+          store: Optional[str] = typer.Option(None, help="'shm' (default) or a folder."),
+          node_id: Optional[str] = typer.Option(None, help="Node id (default: hostname:port)."),
+          zone: str = typer.Option("", help="Zone label (plans prefer same-zone edges)."),
+          rack: str = typer.Option("", help="Rack label."),
+          upload_bps: float = typer.Option(0.0, help="Upload bandwidth estimate, bytes/s (0 = unknown)."),
+          metrics_port: Optional[int] = typer.Option(None, help="Serve /metrics on this port."),
+          rdma: str = typer.Option("off", help="auto|on|off (the RDMA transport lands with its own issue)."),
+          stall_timeout: float = typer.Option(30.0, help="Seconds without data before a parent counts as stalled.")) -> None:
+    """Run this node's agent: fetch what the plan says, serve children, share the store locally."""
+    import asyncio
+
+    from . import metrics
+    from .agent import Agent
+
+    if rdma == "on":
+        raise ConfigError("--rdma on: the RDMA transport is not in this version; use --rdma off or auto")
+    if metrics_port is not None:
+        metrics.serve(metrics_port)
+    labels = {k: v for k, v in (("zone", zone), ("rack", rack)) if v}
+    a = Agent(scheduler=scheduler, listen=listen, advertise=advertise, node_id=node_id,
+              config=Config.load(store=store), labels=labels, upload_bps=upload_bps, stall_timeout=stall_timeout)
+    asyncio.run(a.run(ready=lambda ag: err_console.print(f"agent {ag.node_id} serving on {ag.data_addr}")))
+
+
+@app.command()
+def status(scheduler: str = typer.Option(..., help="Scheduler address host:port."),
+           model: Optional[str] = typer.Option(None, help="Only this model digest."),
+           as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+    """Nodes, models, progress, rates and who feeds whom."""
+    from .cluster import print_status
+
+    print_status(scheduler, model=model, console=console, as_json=as_json)
+
+
+@app.command()
+def demo(peers: int = typer.Option(4, help="Agents to broadcast to (0 = stage on this node only)."),
          source: Optional[str] = typer.Option(None, help="Model to use (default: generate one)."),
          piece_size: Optional[str] = typer.Option(None, help="Piece size, e.g. 4MiB."),
          size: str = typer.Option("128MiB", help="Size of the generated model."),
          keep: bool = typer.Option(False, help="Keep the temporary store and model.")) -> None:
-    """Stage a model (generated if none given) from its origin, verify every byte, print a summary."""
+    """Broadcast a model (generated if none given) to N local agents, verify every byte, print a summary."""
+    if peers < 0 or peers > 64:
+        raise ConfigError("--peers must be between 0 and 64")
     if peers:
-        raise ConfigError("--peers needs the swarm, which this version does not have yet; run with --peers 0")
+        from .demo import run_demo
+
+        run_demo(peers=peers, source=source, piece_size=piece_size, size=parse_size(size), keep=keep,
+                 console=console, progress=_progress())
+        return
     import numpy as np
     from safetensors.numpy import load_file
 
     from .api import load
+    from .demo import generate_model
 
     work = Path(tempfile.mkdtemp(prefix="modeldist-demo-"))
     try:
         if source is None:
             origin_dir = work / "origin"
             console.print(f"generating a {size} model in {origin_dir} ...")
-            _generate_model(origin_dir, parse_size(size))
+            generate_model(origin_dir, parse_size(size))
             source = str(origin_dir)
         cfg = _config(str(work / "store"), piece_size)
         staged = _stage_with_progress(source, cfg, label="origin -> store")
@@ -203,33 +271,6 @@ def demo(peers: int = typer.Option(0, help="Peers for the broadcast (needs the s
             shutil.rmtree(work, ignore_errors=True)
         else:
             console.print(f"kept {work}")
-
-
-def _generate_model(folder: Path, total: int, shards: int = 4) -> None:
-    """A sharded safetensors model with an index and a config, written by the safetensors library."""
-    import numpy as np
-    from safetensors.numpy import save_file
-
-    folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(0)
-    per_shard = max(total // shards, 1 << 16)
-    weight_map = {}
-    for s in range(shards):
-        tensors = {}
-        left, k = per_shard, 0
-        while left > 0:
-            n = min(left, 8 << 20) // 2
-            name = f"layers.{s}.block{k}.weight"
-            tensors[name] = rng.standard_normal(n, dtype=np.float32).astype(np.float16).reshape(-1, 256) \
-                if n % 256 == 0 else rng.standard_normal(n, dtype=np.float32).astype(np.float16)
-            left -= n * 2
-            k += 1
-        fname = f"model-{s + 1:05d}-of-{shards:05d}.safetensors"
-        save_file(tensors, folder / fname, metadata={"format": "pt"})
-        weight_map.update({name: fname for name in tensors})
-    (folder / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": per_shard * shards}, "weight_map": weight_map}, indent=2))
-    (folder / "config.json").write_text(json.dumps({"model_type": "demo", "shards": shards}))
 
 
 def main(argv: Optional[list[str]] = None) -> None:

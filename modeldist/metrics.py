@@ -8,7 +8,7 @@ from __future__ import annotations
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 
 __all__ = ["BYTES_RECEIVED", "BYTES_SENT", "PIECES", "PIECE_SECONDS", "MODEL_LOAD_SECONDS",
-           "ACTIVE_SESSIONS", "serve"]
+           "ACTIVE_SESSIONS", "SCHEDULER_NODES", "PLANS", "REPLANS", "PIECES_REPORTED", "serve"]
 
 BYTES_RECEIVED = Counter(
     "modeldist_received_bytes", "Bytes received, by source (origin, peer) and transport (origin, tcp, rdma).",
@@ -22,6 +22,11 @@ MODEL_LOAD_SECONDS = Histogram(
     "modeldist_model_load_seconds", "Time to stage a model or map it into tensors.", ["stage"],
     buckets=(0.001, 0.01, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800))
 ACTIVE_SESSIONS = Gauge("modeldist_active_sessions", "Open data-plane sessions.", ["transport"])
+SCHEDULER_NODES = Gauge("modeldist_scheduler_nodes", "Nodes the scheduler considers alive.")
+PLANS = Counter("modeldist_plans", "Broadcast plans built from scratch.")
+REPLANS = Counter("modeldist_replans", "Incremental re-plans, by reason (failure, join).", ["reason"])
+PIECES_REPORTED = Counter("modeldist_scheduler_piece_failures", "Piece failures reported to the scheduler.",
+                          ["result"])
 
 
 def serve(port: int, addr: str = "127.0.0.1") -> None:

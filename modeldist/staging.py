@@ -99,8 +99,12 @@ def stage(source: str, *, revision: str | None = None, allow_patterns: Sequence[
 
 
 def fill_from_origin(buf: ModelBuffer, origin: Origin, indices: Sequence[int], *, concurrency: int = 8,
-                     on_piece: PieceCallback | None = None, deadline: float | None = None) -> None:
-    """Read ``indices`` from ``origin`` into ``buf`` with ``concurrency`` threads; raise the first error."""
+                     on_piece: PieceCallback | None = None, deadline: float | None = None,
+                     cancel: threading.Event | None = None) -> None:
+    """Read ``indices`` from ``origin`` into ``buf`` with ``concurrency`` threads; raise the first error.
+
+    Setting ``cancel`` stops the workers after their current piece (no error is raised).
+    """
     manifest = buf.manifest
     todo: "queue.SimpleQueue[int]" = queue.SimpleQueue()
     for i in indices:
@@ -109,10 +113,11 @@ def fill_from_origin(buf: ModelBuffer, origin: Origin, indices: Sequence[int], *
     # stripe seed that fills only part of a file never triggers it: the agent checks at the end)
     remaining = _FileCountdown(manifest, buf.missing())
     stop = threading.Event()
+    cancelled = cancel if cancel is not None else threading.Event()
     errors: list[BaseException] = []
 
     def worker() -> None:
-        while not stop.is_set():
+        while not (stop.is_set() or cancelled.is_set()):
             try:
                 i = todo.get_nowait()
             except queue.Empty:
@@ -153,7 +158,6 @@ def fill_from_origin(buf: ModelBuffer, origin: Origin, indices: Sequence[int], *
                                       source=origin.source)
     except BaseException:
         stop.set()  # KeyboardInterrupt: let workers stop after their current piece
-        origin.close()
         for t in threads:
             t.join(timeout=5)
         raise

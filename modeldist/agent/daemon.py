@@ -1,0 +1,285 @@
+"""The per-node agent daemon: registers with the scheduler, executes plans, serves children.
+
+Control plane in one asyncio loop (``grpc.aio``): Register, then the Join stream (assignments,
+digests, cancels) and the Report stream (progress every 50 ms, heartbeat every second) run side by
+side; if either breaks, the agent re-registers with backoff and carries on with its jobs. Data
+plane in threads (``Job``, the transport listener). A local Unix socket (``<store>/agent.sock``)
+lets ``modeldist.load()`` on this node ask for a model and map it from this agent's store, so the
+weights exist once per node.
+
+Must not: block the event loop on I/O (store and origin work goes to the executor).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+
+import grpc
+
+from ..config import Config
+from ..errors import AuthError, ManifestError, ModelDistError, TransportError
+from ..manifest import Manifest
+from ..proto import pb, pb_grpc
+from ..scheduler.service import GRPC_OPTIONS
+from ..store import Store
+from ..transport.base import Hello, get_transport
+from .job import Job, ParentRef
+
+__all__ = ["Agent", "SOCKET_NAME"]
+
+log = logging.getLogger(__name__)
+
+SOCKET_NAME = "agent.sock"
+REPORT_EVERY = 0.05
+
+
+class Agent:
+    def __init__(self, *, scheduler: str, listen: str = "127.0.0.1:0", node_id: str | None = None,
+                 config: Config | None = None, labels: dict[str, str] | None = None, upload_bps: float = 0.0,
+                 download_bps: float = 0.0, transport: str = "tcp", advertise: str | None = None,
+                 stall_timeout: float = 30.0):
+        self.config = config or Config.load()
+        self.scheduler = scheduler
+        self.listen_addr = listen
+        self.labels = dict(labels or {})
+        self.upload_bps = upload_bps
+        self.download_bps = download_bps
+        self.transport_name = transport
+        self.advertise = advertise
+        self.stall_timeout = stall_timeout
+        self.store = Store(config=self.config)
+        self.jobs: dict[str, Job] = {}
+        self.epochs: dict[str, int] = {}
+        self._node_id = node_id
+        self.listener = None
+        self.data_addr = ""
+        self._heartbeat = 1.0
+        self._stopping = asyncio.Event()
+
+    @property
+    def node_id(self) -> str:
+        return self._node_id or f"{socket.gethostname()}:{self.data_addr.rsplit(':', 1)[-1]}"
+
+    # --- data plane ----------------------------------------------------------------------
+
+    def _authorize(self, hello: Hello, peer: str) -> Job:
+        job = self.jobs.get(hello.model)
+        if job is None:
+            raise TransportError(f"this node has no job for model {hello.model[:12]}", peer=peer)
+        if not hmac.compare_digest(hello.token, job.token):
+            raise AuthError(f"bad session token from {hello.node_id} ({peer})")
+        return job
+
+    # --- control plane -------------------------------------------------------------------
+
+    async def run(self, ready=None) -> None:
+        transport = get_transport(self.transport_name)
+        self.listener = transport.listen(self.listen_addr, self._authorize)
+        self.data_addr = self.advertise or self.listener.address
+        local = await self._start_local_socket()
+        loop = asyncio.get_running_loop()
+        announced = False
+        backoff = 0.2
+        try:
+            while not self._stopping.is_set():
+                channel = grpc.aio.insecure_channel(self.scheduler, options=GRPC_OPTIONS)
+                try:
+                    stub = pb_grpc.SchedulerStub(channel)
+                    spec = pb.NodeSpec(node_id=self.node_id, data_addr=self.data_addr, upload_bps=self.upload_bps,
+                                       download_bps=self.download_bps, labels=self.labels,
+                                       transports=[self.transport_name])
+                    reply = await stub.Register(pb.RegisterRequest(node=spec), timeout=10)
+                    self._heartbeat = reply.heartbeat_s or 1.0
+                    log.info("registered with %s as %s (data %s)", self.scheduler, self.node_id, self.data_addr)
+                    if not announced and ready is not None:
+                        ready(self)
+                        announced = True
+                    backoff = 0.2
+                    tasks = [asyncio.ensure_future(self._join(stub, loop)),
+                             asyncio.ensure_future(self._report(stub))]
+                    done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+                    for t in pending:
+                        t.cancel()
+                    for t in tasks:
+                        try:
+                            await t
+                        except (asyncio.CancelledError, grpc.RpcError):
+                            pass
+                except grpc.RpcError as exc:
+                    log.warning("scheduler %s: %s; retrying in %.1fs", self.scheduler,
+                                exc.code() if hasattr(exc, "code") else exc, backoff)
+                finally:
+                    await channel.close()
+                if self._stopping.is_set():
+                    break
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+        finally:
+            if local is not None:
+                local.close()
+            await loop.run_in_executor(None, self._close_data)
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def _close_data(self) -> None:
+        if self.listener is not None:
+            self.listener.close()
+        for job in self.jobs.values():
+            job.close()
+
+    async def _join(self, stub, loop) -> None:
+        async for upd in stub.Join(pb.JoinRequest(node_id=self.node_id)):
+            kind = upd.WhichOneof("kind")
+            if kind == "assignment":
+                try:
+                    await loop.run_in_executor(None, self._on_assignment, upd.assignment)
+                except ModelDistError as exc:
+                    log.error("cannot take assignment for %s: %s", upd.assignment.model[:12], exc)
+            elif kind == "digests":
+                job = self.jobs.get(upd.digests.model)
+                if job is not None:
+                    job.add_digests(list(upd.digests.indices), upd.digests.digests)
+            elif kind == "cancel":
+                job = self.jobs.pop(upd.cancel.model, None)
+                if job is not None:
+                    log.warning("model %s cancelled here: %s", upd.cancel.model[:12], upd.cancel.reason)
+                    await loop.run_in_executor(None, job.close)
+
+    def _on_assignment(self, a) -> None:
+        job = self.jobs.get(a.model)
+        if job is None:
+            if not a.manifest_json:
+                raise ManifestError("assignment without a manifest for a model this node does not know")
+            manifest = Manifest.from_json(a.manifest_json)
+            if manifest.digest != a.model:
+                raise ManifestError("assignment manifest does not match its model digest")
+            job = Job(node_id=self.node_id, manifest=manifest, source=a.source, revision=a.revision,
+                      token=bytes(a.session_token), stripes=a.stripes, store=self.store, config=self.config,
+                      transport=self.transport_name, stall_timeout=self.stall_timeout)
+            self.jobs[a.model] = job
+            self.epochs[a.model] = -1
+        if a.epoch < self.epochs.get(a.model, -1):
+            return  # an older plan overtaken by a newer one
+        self.epochs[a.model] = a.epoch
+        parents = [ParentRef() if p.origin else ParentRef(p.node_id, p.data_addr)
+                   for p in sorted(a.parents, key=lambda p: p.stripe)]
+        job.apply(parents)
+
+    async def _report(self, stub) -> None:
+        async def reports():
+            last_beat = 0.0
+            while True:
+                sent = False
+                for model, job in list(self.jobs.items()):
+                    r = job.take_report()
+                    if r["have"] or r["digests"] or r["failures"] or r["complete"] != getattr(job, "_reported_complete", None):
+                        job._reported_complete = r["complete"]
+                        yield _progress_msg(self.node_id, model, r)
+                        sent = True
+                now = time.monotonic()
+                if not sent and now - last_beat >= self._heartbeat:
+                    yield pb.ProgressReport(node_id=self.node_id, heartbeat=True)
+                    last_beat = now
+                elif sent:
+                    last_beat = now
+                await asyncio.sleep(REPORT_EVERY)
+
+        await stub.Report(reports())
+
+    # --- local socket for load() on this node ---------------------------------------------
+
+    async def _start_local_socket(self):
+        path = self.store.root / SOCKET_NAME
+        try:
+            if path.exists():
+                path.unlink()
+            return await asyncio.start_unix_server(self._serve_local, path=str(path))
+        except OSError as exc:
+            log.warning("no local socket at %s: %s", path, exc)
+            return None
+
+    async def _serve_local(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            line = await asyncio.wait_for(reader.readline(), timeout=10)
+            req = json.loads(line or b"{}")
+            if req.get("op") != "stage" or not isinstance(req.get("source"), str):
+                raise ModelDistError("expected {'op': 'stage', 'source': ...}")
+            result = await self.stage_here(req["source"], revision=req.get("revision"),
+                                           allow_patterns=req.get("allow_patterns"),
+                                           timeout=float(req.get("timeout") or 3600))
+            writer.write(json.dumps({"ok": True, **result}).encode() + b"\n")
+        except (ModelDistError, ValueError, asyncio.TimeoutError, grpc.RpcError) as exc:
+            msg = exc.details() if isinstance(exc, grpc.RpcError) and hasattr(exc, "details") else str(exc)
+            writer.write(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {msg}"}).encode() + b"\n")
+        finally:
+            try:
+                await writer.drain()
+            except ConnectionError:
+                pass
+            writer.close()
+
+    async def stage_here(self, source: str, *, revision=None, allow_patterns=None, timeout: float = 3600) -> dict:
+        """Join (or start) the broadcast of ``source`` for this node and wait until it is complete."""
+        async with grpc.aio.insecure_channel(self.scheduler, options=GRPC_OPTIONS) as channel:
+            stub = pb_grpc.SchedulerStub(channel)
+            reply = await stub.Stage(pb.StageRequest(source=source, revision=revision or "",
+                                                     allow_patterns=allow_patterns or [], nodes=[self.node_id],
+                                                     piece_size=self.config.piece_size or 0), timeout=120)
+        deadline = time.monotonic() + timeout
+        loop = asyncio.get_running_loop()
+        while reply.model not in self.jobs:
+            if time.monotonic() > deadline:
+                raise ModelDistError(f"no assignment for {reply.model[:12]} within {timeout:.0f}s")
+            await asyncio.sleep(0.05)
+        job = self.jobs[reply.model]
+        ok = await loop.run_in_executor(None, job.wait_complete, max(0.0, deadline - time.monotonic()))
+        if not ok:
+            raise ModelDistError(job.error or f"model {reply.model[:12]} not complete within {timeout:.0f}s")
+        return {"model": reply.model, "path": str(self.store.path_of(reply.model))}
+
+
+def _progress_msg(node_id: str, model: str, r: dict):
+    msg = pb.ProgressReport(node_id=node_id, model=model, have=r["have"], complete=r["complete"],
+                            bytes_from_origin=r["origin"], bytes_from_peers=r["peer"], bytes_sent=r["sent"],
+                            bytes_by_transport=r["by_transport"], error=r["error"])
+    if r["digests"]:
+        msg.digests.model = model
+        msg.digests.indices.extend(r["digests"])
+        msg.digests.digests = r["digest_blob"]
+    for peer, piece, kind, detail in r["failures"]:
+        msg.failures.append(pb.Failure(peer=peer, piece=piece, kind=kind, detail=detail[:500]))
+    return msg
+
+
+def local_socket_path(config: Config) -> Path:
+    return config.store_path / SOCKET_NAME
+
+
+def ask_local_agent(path: str | os.PathLike, source: str, *, revision=None, allow_patterns=None,
+                    timeout: float = 3600) -> dict:
+    """Client side of the local socket: have this node's agent stage ``source``; returns {model, path}."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(10)
+        s.connect(os.fspath(path))
+        req = {"op": "stage", "source": source, "revision": revision, "timeout": timeout,
+               "allow_patterns": [allow_patterns] if isinstance(allow_patterns, str) else allow_patterns}
+        s.sendall(json.dumps(req).encode() + b"\n")
+        s.settimeout(timeout + 30)
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    reply = json.loads(data or b"{}")
+    if not reply.get("ok"):
+        raise ModelDistError(f"agent: {reply.get('error', 'no answer')}")
+    return reply

@@ -1,0 +1,424 @@
+"""One model on one agent: execute this node's part of the plan, and serve it to children.
+
+A ``Job`` owns the model's ``ModelBuffer``, the table of piece digests (from the scheduler, which
+got them from the stripe seeds), and one *fetcher* thread per distinct parent: a peer fetcher opens
+a data session, asks for the missing pieces of the stripes that parent feeds, receives each straight
+into the mapping, verifies it (blake3 against the scheduler's digest) and commits it, which wakes
+any child session waiting for that piece (pipelining). An origin fetcher reads its stripe from the
+origin and publishes the digests it computes. A bad piece is dropped and reported, and that parent
+is not trusted again by this job until the scheduler re-plans.
+
+Threads only (data plane); the agent's asyncio loop drains ``take_report()``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+import blake3
+
+from .. import metrics
+from ..config import Config
+from ..errors import AuthError, IntegrityError, ModelDistError, StoreError, TransportError
+from ..manifest import Manifest
+from ..origin import open_origin
+from ..staging import fill_from_origin
+from ..store import ModelBuffer, Store
+from ..transport.base import Hello, get_transport
+
+__all__ = ["Job", "ParentRef"]
+
+log = logging.getLogger(__name__)
+
+DIGEST = 32
+
+
+@dataclass(frozen=True)
+class ParentRef:
+    """Where one stripe comes from: a peer (node id + data address) or the origin."""
+
+    node_id: str = ""
+    addr: str = ""
+
+    @property
+    def origin(self) -> bool:
+        return not self.node_id
+
+
+@dataclass
+class Counters:
+    origin: int = 0
+    peer: int = 0
+    sent: int = 0
+    by_transport: dict[str, int] = field(default_factory=dict)
+
+
+class Job:
+    def __init__(self, *, node_id: str, manifest: Manifest, source: str, revision: str | None, token: bytes,
+                 stripes: int, store: Store, config: Config, transport: str = "tcp", stall_timeout: float = 30.0):
+        self.node_id = node_id
+        self.manifest = manifest
+        self.model = manifest.digest
+        self.source = source
+        self.revision = revision or None
+        self.token = token
+        self.k = stripes
+        self.config = config
+        self.transport = get_transport(transport)
+        self.stall_timeout = stall_timeout
+        self.n = len(manifest.pieces)
+        self.started = time.monotonic()
+        self.finished_at: float | None = None
+        self.cond = threading.Condition()
+        self.counters = Counters()
+        self.error: str | None = None
+        self.buf: ModelBuffer = store.open(manifest, lock_timeout=60)
+        self._complete_store = self.buf.is_complete
+        if self._complete_store:
+            # a finished store: serve it read-only from a fresh mapping of the final manifest
+            self.buf.close()
+            final = store.manifest(self.model)
+            self.buf = _CompleteBuffer(store.path_of(self.model), final)
+        self.have = bytearray(self.n)
+        self.digests = bytearray(self.n * DIGEST)
+        self.known = bytearray(self.n)
+        for i in range(self.n):
+            if self.buf.has(i):
+                self.have[i] = 1
+                d = self.buf.expected_digest(i)
+                if d is not None:
+                    self._set_digest(i, d)
+        # outbound report state (drained by the agent's asyncio loop)
+        self._new_have: list[int] = [i for i in range(self.n) if self.have[i]]
+        self._new_digests: list[int] = []
+        self._failures: list[tuple[str, int, str, str]] = []
+        self._fetchers: dict[ParentRef, _Fetcher] = {}
+        self._parents: list[ParentRef] = []
+        self._closed = False
+        self.complete = all(self.have) if self.n else True
+        if self.complete:
+            self._finish()
+
+    # --- digests from the scheduler -------------------------------------------------------
+
+    def _set_digest(self, i: int, d: bytes) -> None:
+        self.digests[i * DIGEST:(i + 1) * DIGEST] = d
+        self.known[i] = 1
+
+    def add_digests(self, indices, blob: bytes) -> None:
+        if len(blob) != DIGEST * len(indices):
+            log.warning("%s: malformed digest batch from scheduler", self.model[:12])
+            return
+        with self.cond:
+            for j, i in enumerate(indices):
+                if 0 <= i < self.n:
+                    self._set_digest(i, blob[j * DIGEST:(j + 1) * DIGEST])
+            self.cond.notify_all()
+
+    def wait_digest(self, i: int, timeout: float) -> bytes | None:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while not self.known[i]:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._closed:
+                    return None
+                self.cond.wait(left)
+            return bytes(self.digests[i * DIGEST:(i + 1) * DIGEST])
+
+    # --- PieceSource (serving children) ----------------------------------------------------
+
+    def piece_count(self) -> int:
+        return self.n
+
+    def piece_length(self, index: int) -> int:
+        return self.manifest.pieces[index].length
+
+    def wait_piece(self, index: int, timeout: float) -> memoryview | None:
+        if not self.have[index]:
+            if timeout <= 0:
+                return None
+            deadline = time.monotonic() + timeout
+            with self.cond:
+                while not self.have[index]:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or self._closed:
+                        return None
+                    self.cond.wait(left)
+        return self.buf.piece_view(index)
+
+    def sent(self, nbytes: int, transport: str) -> None:
+        with self.cond:
+            self.counters.sent += nbytes
+        metrics.BYTES_SENT.labels(transport=transport).inc(nbytes)
+
+    # --- plan execution --------------------------------------------------------------------
+
+    def apply(self, parents: list[ParentRef]) -> None:
+        """New parents per stripe: restart only the fetchers whose stripes changed."""
+        if self._closed or self.complete:
+            self._parents = parents
+            return
+        groups: dict[ParentRef, list[int]] = {}
+        for s, p in enumerate(parents):
+            groups.setdefault(p, []).append(s)
+        for ref, fetcher in list(self._fetchers.items()):
+            if groups.get(ref) != fetcher.stripes or not fetcher.is_alive():
+                fetcher.stop()
+                del self._fetchers[ref]
+        for ref, stripes in groups.items():
+            if ref not in self._fetchers:
+                f = _Fetcher(self, ref, stripes)
+                self._fetchers[ref] = f
+                f.start()
+        self._parents = parents
+
+    def missing_in(self, stripes: list[int]) -> list[int]:
+        return [i for s in stripes for i in range(s, self.n, self.k) if not self.have[i]]
+
+    def commit(self, i: int, digest: bytes, *, source: str, transport: str, nbytes: int) -> None:
+        if source != "origin":  # origin pieces were committed to the buffer by fill_from_origin
+            self.buf.commit(i, digest)
+        with self.cond:
+            first = not self.have[i]
+            self.have[i] = 1
+            if first:
+                self._new_have.append(i)
+                if source == "origin":
+                    self._set_digest(i, digest)
+                    self._new_digests.append(i)
+                    self.counters.origin += nbytes
+                else:
+                    self.counters.peer += nbytes
+                self.counters.by_transport[transport] = self.counters.by_transport.get(transport, 0) + nbytes
+            self.cond.notify_all()
+            done = first and all(self.have)
+        if done:
+            self._finish()
+
+    def report_failure(self, peer: str, piece: int, kind: str, detail: str) -> None:
+        with self.cond:
+            self._failures.append((peer, piece, kind, detail))
+
+    def _finish(self) -> None:
+        """Every piece verified: check files against the origin's sha256, write the marker."""
+        try:
+            if not self._complete_store:
+                for f in self.manifest.files:
+                    if f.sha256:
+                        h = hashlib.sha256(self.buf.file_view(f.path)).hexdigest()
+                        if h != f.sha256:
+                            raise IntegrityError(f"{f.path}: sha256 does not match the origin's", path=f.path)
+                self.manifest = self.buf.finish()
+                self._complete_store = True
+        except (ModelDistError, OSError) as exc:
+            self.error = str(exc)
+            log.error("%s: cannot complete: %s", self.model[:12], exc)
+            return
+        with self.cond:
+            self.complete = True
+            self.finished_at = time.monotonic()
+            self.cond.notify_all()
+        metrics.MODEL_LOAD_SECONDS.labels(stage="broadcast").observe(self.finished_at - self.started)
+        log.info("%s: complete in %.2fs", self.model[:12], self.finished_at - self.started)
+
+    def take_report(self) -> dict:
+        with self.cond:
+            out = {
+                "have": self._new_have, "digests": self._new_digests, "failures": self._failures,
+                "complete": self.complete, "error": self.error or "",
+                "origin": self.counters.origin, "peer": self.counters.peer, "sent": self.counters.sent,
+                "by_transport": dict(self.counters.by_transport),
+            }
+            self._new_have, self._new_digests, self._failures = [], [], []
+            out["digest_blob"] = b"".join(bytes(self.digests[i * DIGEST:(i + 1) * DIGEST]) for i in out["digests"])
+        return out
+
+    def wait_complete(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while not self.complete and not self.error:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.cond.wait(min(left, 1.0))
+        return self.complete
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with self.cond:
+            self.cond.notify_all()
+        for f in self._fetchers.values():
+            f.stop()
+        self._fetchers.clear()
+        self.buf.close()
+
+
+class _CompleteBuffer:
+    """Read-only stand-in for a ModelBuffer of a model already complete in the store."""
+
+    def __init__(self, path, manifest: Manifest):
+        import mmap
+        import os
+
+        self.dir = path
+        self.manifest = manifest
+        self.is_complete = True
+        self._maps = {}
+        for f in manifest.files:
+            if f.size:
+                with open(path / f.path, "rb") as fh:
+                    if os.fstat(fh.fileno()).st_size != f.size:
+                        raise StoreError(f"{path / f.path}: size differs from the manifest", path=str(path))
+                    self._maps[f.path] = mmap.mmap(fh.fileno(), f.size, access=mmap.ACCESS_READ)
+
+    def has(self, i: int) -> bool:
+        return True
+
+    def expected_digest(self, i: int) -> bytes | None:
+        d = self.manifest.pieces[i].digest
+        return bytes.fromhex(d) if d else None
+
+    def piece_view(self, i: int) -> memoryview:
+        p = self.manifest.pieces[i]
+        return memoryview(self._maps[p.file])[p.offset:p.offset + p.length]
+
+    def file_view(self, path: str) -> memoryview:
+        return memoryview(self._maps[path]) if path in self._maps else memoryview(b"")
+
+    def commit(self, i: int, digest: bytes) -> None:
+        raise StoreError("model is complete and read-only")
+
+    def finish(self) -> Manifest:
+        return self.manifest
+
+    def close(self) -> None:
+        for mm in self._maps.values():
+            try:
+                mm.close()
+            except BufferError:
+                pass
+        self._maps.clear()
+
+
+class _Fetcher:
+    """Fetches the missing pieces of some stripes from one parent (a peer or the origin)."""
+
+    def __init__(self, job: Job, ref: ParentRef, stripes: list[int]):
+        self.job = job
+        self.ref = ref
+        self.stripes = stripes
+        self._stop = threading.Event()
+        self._session = None
+        self._thread = threading.Thread(target=self._run, daemon=True,
+                                        name=f"modeldist-fetch-{ref.node_id or 'origin'}")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def is_alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def stop(self) -> None:
+        self._stop.set()
+        s = self._session
+        if s is not None:
+            s.close()  # wakes a blocked receive
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        job = self.job
+        backoff = 0.1
+        while not self._stop.is_set():
+            todo = job.missing_in(self.stripes)
+            if not todo:
+                return
+            try:
+                if self.ref.origin:
+                    self._from_origin(todo)
+                else:
+                    self._from_peer(todo)
+                backoff = 0.1
+            except IntegrityError as exc:
+                job.report_failure(self.ref.node_id, exc.piece if exc.piece is not None else 0, "corrupt", str(exc))
+                log.warning("%s: corrupt piece from %s: %s; waiting for a re-plan", job.model[:12],
+                            self.ref.node_id, exc)
+                return  # this parent is not trusted again until the scheduler re-plans
+            except AuthError as exc:
+                job.report_failure(self.ref.node_id, 0, "refused", str(exc))
+                self._stop.wait(1.0)
+            except (TransportError, OSError) as exc:
+                if self._stop.is_set():
+                    return
+                kind = "stalled" if "stalled" in str(exc) else "unreachable"
+                job.report_failure(self.ref.node_id or "origin", 0, kind, str(exc))
+                log.info("%s: %s from %s: %s", job.model[:12], kind, self.ref.node_id or "origin", exc)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 2.0)
+            except ModelDistError as exc:
+                job.error = str(exc)
+                job.report_failure(self.ref.node_id or "origin", 0, "error", str(exc))
+                log.error("%s: %s", job.model[:12], exc)
+                return
+
+    def _from_origin(self, todo: list[int]) -> None:
+        job = self.job
+        with open_origin(job.source, revision=job.revision, config=job.config) as origin:
+            def landed(i: int, n: int) -> None:
+                job.commit(i, job.buf.expected_digest(i), source="origin", transport="origin", nbytes=n)
+
+            # fill_from_origin writes, hashes and commits to the buffer; the job's commit in
+            # ``landed`` then publishes the piece and its digest to children and the scheduler
+            fill_from_origin(job.buf, origin, todo, concurrency=job.config.concurrency,
+                             on_piece=landed, cancel=self._stop)
+
+    def _from_peer(self, todo: list[int]) -> None:
+        job = self.job
+        hello = Hello(job.model, job.token, job.node_id)
+        session = job.transport.connect(self.ref.addr, hello, timeout=job.stall_timeout)
+        self._session = session
+        try:
+            if self._stop.is_set():
+                return
+            session.request(todo)
+            scratch = bytearray(job.manifest.piece_size)
+            mine: set[int] = set()
+
+            def dest(index: int, length: int) -> memoryview:
+                if not (0 <= index < job.n) or length != job.manifest.pieces[index].length:
+                    raise TransportError(f"{self.ref.node_id} sent piece {index} with a bad length", peer=self.ref.addr)
+                if job.have[index]:
+                    return memoryview(scratch)[:length]  # already here (another parent): discard
+                mine.add(index)
+                return job.buf.piece_view(index)
+
+            while not self._stop.is_set():
+                started = time.monotonic()
+                i = session.receive(dest, timeout=job.stall_timeout)
+                if i is None:
+                    return
+                if i not in mine:
+                    continue
+                mine.discard(i)
+                want = job.wait_digest(i, job.stall_timeout)
+                if want is None:
+                    raise TransportError(f"no digest for piece {i} from the scheduler within "
+                                         f"{job.stall_timeout:.0f}s", peer=self.ref.addr)
+                view = job.buf.piece_view(i)
+                got = blake3.blake3(view).digest()
+                if got != want:
+                    metrics.PIECES.labels(result="corrupt").inc()
+                    raise IntegrityError(f"piece {i} from {self.ref.node_id} does not match its digest", piece=i)
+                job.commit(i, got, source="peer", transport=job.transport.name, nbytes=len(view))
+                metrics.PIECES.labels(result="ok").inc()
+                metrics.PIECE_SECONDS.observe(time.monotonic() - started)
+        finally:
+            self._session = None
+            session.close()
+

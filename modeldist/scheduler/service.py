@@ -1,0 +1,412 @@
+"""The gRPC Scheduler service: registration, plans, digests, progress, repair (``grpc.aio``).
+
+All state lives in one asyncio loop; nothing here waits on a node: each node has its own outbound
+queue drained by its ``Join`` stream, so a slow node only delays itself. A node whose ``Report``
+stream breaks, or that is silent for ``dead_after`` seconds, is declared dead: every plan it was
+in is repaired incrementally (``planner.remove_node``) and only the nodes whose parents changed get
+a new assignment. Digests computed by stripe seeds are collected and pushed to every node of the
+model in batches, so children verify what their parents send against what the origin held.
+
+Must not: touch model bytes beyond the safetensors headers it reads to build a manifest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from dataclasses import dataclass, field
+
+import grpc
+
+from .. import metrics
+from ..config import Config
+from ..errors import ModelDistError, PlanError
+from ..manifest import Manifest
+from ..proto import pb, pb_grpc
+from ..staging import resolve
+from . import planner
+from .planner import BroadcastPlan, NodeInfo
+
+__all__ = ["SchedulerService", "serve"]
+
+log = logging.getLogger(__name__)
+
+DIGEST = 32
+GRPC_OPTIONS = [("grpc.max_send_message_length", 256 << 20), ("grpc.max_receive_message_length", 256 << 20)]
+
+
+@dataclass
+class NodeState:
+    spec: pb.NodeSpec
+    alive: bool = True
+    last_seen: float = field(default_factory=time.monotonic)
+    queue: asyncio.Queue | None = None
+    sent_manifest: set = field(default_factory=set)
+
+
+@dataclass
+class NodeProgress:
+    have: set = field(default_factory=set)
+    complete: bool = False
+    origin: int = 0
+    peer: int = 0
+    sent: int = 0
+    by_transport: dict = field(default_factory=dict)
+    error: str = ""
+    state: str = "fetching"
+    started: float = field(default_factory=time.monotonic)
+    finished: float | None = None
+    rate_mark: tuple[float, int] = (0.0, 0)
+    rate: float = 0.0
+    reparented_from: list = field(default_factory=list)
+    last_parents: tuple = ()
+
+
+@dataclass
+class ModelJob:
+    manifest: Manifest
+    manifest_json: bytes
+    source: str
+    revision: str
+    token: bytes
+    plan: BroadcastPlan
+    digests: bytearray
+    known: bytearray
+    progress: dict[str, NodeProgress] = field(default_factory=dict)
+    pending_digests: list[int] = field(default_factory=list)
+    replans: int = 0
+    excluded: set = field(default_factory=set)
+
+
+class SchedulerService(pb_grpc.SchedulerServicer):
+    def __init__(self, config: Config | None = None, *, heartbeat: float = 1.0, dead_after: float = 5.0):
+        self.config = config or Config.load()
+        self.heartbeat = heartbeat
+        self.dead_after = dead_after
+        self.nodes: dict[str, NodeState] = {}
+        self.jobs: dict[str, ModelJob] = {}
+        self._tasks: list[asyncio.Task] = []
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def start_background(self) -> None:
+        self._tasks.append(asyncio.ensure_future(self._monitor()))
+        self._tasks.append(asyncio.ensure_future(self._flush_digests()))
+
+    async def stop_background(self) -> None:
+        for t in self._tasks:
+            t.cancel()
+        for t in self._tasks:
+            try:
+                await t
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001 - shutting down
+                pass
+
+    # --- RPCs ----------------------------------------------------------------------------
+
+    async def Register(self, request, context):
+        spec = request.node
+        if not spec.node_id or not spec.data_addr:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node_id and data_addr are required")
+        old = self.nodes.get(spec.node_id)
+        if old is not None and not old.alive:
+            log.info("node %s is back", spec.node_id)
+        self.nodes[spec.node_id] = NodeState(spec=spec)
+        metrics.SCHEDULER_NODES.set(sum(1 for n in self.nodes.values() if n.alive))
+        # a node that comes back (restart on its store) rejoins its unfinished broadcasts as a
+        # late joiner: it resumes from its own pieces and fetches only what it lacks
+        for job in self.jobs.values():
+            prog = job.progress.get(spec.node_id)
+            if prog is not None and spec.node_id not in job.plan.nodes and spec.node_id not in job.excluded:
+                job.plan = planner.add_node(job.plan, self._info(spec.node_id))
+                job.replans += 1
+                prog.state = "fetching" if not prog.complete else "complete"
+                metrics.REPLANS.labels(reason="join").inc()
+        log.info("registered %s at %s", spec.node_id, spec.data_addr)
+        return pb.RegisterReply(node_id=spec.node_id, heartbeat_s=self.heartbeat, dead_after_s=self.dead_after)
+
+    async def Join(self, request, context):
+        node = self.nodes.get(request.node_id)
+        if node is None:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "register first")
+        node.queue = q = asyncio.Queue()
+        node.sent_manifest = set()
+        node.alive = True
+        node.last_seen = time.monotonic()
+        # a node that (re)joins gets its current assignments and every digest known so far
+        for job in self.jobs.values():
+            if request.node_id in job.plan.nodes:
+                self._send_assignment(job, request.node_id)
+                known = [i for i in range(len(job.known)) if job.known[i]]
+                if known:
+                    q.put_nowait(self._digests_msg(job, known))
+        try:
+            while True:
+                msg = await q.get()
+                if msg is None:
+                    return
+                yield msg
+        finally:
+            if node.queue is q:
+                node.queue = None
+
+    async def Report(self, request_iterator, context):
+        node_id = None
+        try:
+            async for r in request_iterator:
+                node_id = r.node_id
+                node = self.nodes.get(node_id)
+                if node is None:
+                    continue
+                node.last_seen = time.monotonic()
+                node.alive = True
+                if r.model:
+                    self._on_progress(node_id, r)
+        except asyncio.CancelledError:
+            raise
+        except grpc.RpcError:
+            pass
+        finally:
+            if node_id is not None and node_id in self.nodes and self.nodes[node_id].alive:
+                # the stream broke: the process is gone or cut off; repair now, not after a timeout
+                self._declare_dead(node_id, "report stream closed")
+        return pb.ReportAck()
+
+    async def Stage(self, request, context):
+        if not request.source:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "source is required")
+        cfg = self.config.replace(piece_size=request.piece_size or None)
+        loop = asyncio.get_running_loop()
+        try:
+            manifest = await loop.run_in_executor(None, _manifest_of, request.source, request.revision or None,
+                                                  list(request.allow_patterns) or None, cfg)
+        except ModelDistError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"{type(exc).__name__}: {exc}")
+        alive = [n for n, s in self.nodes.items() if s.alive]
+        wanted = [n for n in (request.nodes or alive) if n in self.nodes and self.nodes[n].alive]
+        if not wanted:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no registered agent to stage on")
+        job = self.jobs.get(manifest.digest)
+        if job is None:
+            infos = [self._info(n) for n in sorted(wanted)]
+            plan = planner.plan_broadcast(infos)
+            job = ModelJob(manifest=manifest, manifest_json=manifest.to_json(), source=request.source,
+                           revision=request.revision, token=secrets.token_bytes(32), plan=plan,
+                           digests=bytearray(DIGEST * len(manifest.pieces)), known=bytearray(len(manifest.pieces)))
+            self.jobs[manifest.digest] = job
+            metrics.PLANS.inc()
+            for n in plan.nodes:
+                job.progress[n] = NodeProgress()
+                self._send_assignment(job, n)
+            log.info("model %s: %d nodes, %d stripes, depth %d", manifest.digest[:12], len(plan.nodes), plan.k,
+                     plan.depth())
+        else:
+            for n in wanted:
+                if n not in job.plan.nodes:
+                    job.plan = planner.add_node(job.plan, self._info(n))
+                    job.progress[n] = NodeProgress()
+                    job.replans += 1
+                    metrics.REPLANS.labels(reason="join").inc()
+                    self._send_assignment(job, n)
+                    for p in set(p for p in job.plan.parents_of(n) if p):
+                        self._send_assignment(job, p)  # its children list grew
+        return pb.StageReply(model=manifest.digest, nodes=len(job.plan.nodes), total_bytes=manifest.total_size)
+
+    async def Status(self, request, context):
+        now = time.monotonic()
+        reply = pb.StatusReply()
+        for nid, s in sorted(self.nodes.items()):
+            reply.nodes.append(pb.NodeStatus(node_id=nid, data_addr=s.spec.data_addr, alive=s.alive,
+                                             last_seen_s=now - s.last_seen, labels=dict(s.spec.labels)))
+        for digest, job in self.jobs.items():
+            if request.model and request.model != digest:
+                continue
+            ms = pb.ModelStatus(model=digest, source=job.source, total_bytes=job.manifest.total_size,
+                                pieces=len(job.manifest.pieces), stripes=job.plan.k, replans=job.replans)
+            for nid, prog in sorted(job.progress.items()):
+                np_ = pb.NodeProgress(
+                    node_id=nid, have=len(prog.have), complete=prog.complete, rate_bps=prog.rate,
+                    bytes_from_origin=prog.origin, bytes_from_peers=prog.peer, state=prog.state, error=prog.error,
+                    bytes_by_transport=prog.by_transport, reparented_from=prog.reparented_from,
+                    seconds=((prog.finished or now) - prog.started))
+                if nid in job.plan.nodes:
+                    np_.parents.extend(self._parents_pb(job, nid))
+                ms.nodes.append(np_)
+            reply.models.append(ms)
+        return reply
+
+    # --- internals -----------------------------------------------------------------------
+
+    def _info(self, node_id: str) -> NodeInfo:
+        spec = self.nodes[node_id].spec
+        return NodeInfo(node_id, spec.data_addr, spec.upload_bps, spec.download_bps,
+                        spec.labels.get("zone", ""), spec.labels.get("rack", ""))
+
+    def _parents_pb(self, job: ModelJob, node_id: str) -> list:
+        out = []
+        for s, p in enumerate(job.plan.parents_of(node_id)):
+            if p is None:
+                out.append(pb.Parent(stripe=s, origin=True))
+            else:
+                out.append(pb.Parent(stripe=s, node_id=p, data_addr=self.nodes[p].spec.data_addr))
+        return out
+
+    def _send_assignment(self, job: ModelJob, node_id: str) -> None:
+        node = self.nodes.get(node_id)
+        if node is None or node.queue is None:
+            return
+        digest = job.manifest.digest
+        a = pb.Assignment(model=digest, source=job.source, revision=job.revision, stripes=job.plan.k,
+                          children=sorted(job.plan.children_of(node_id)), session_token=job.token,
+                          epoch=job.plan.epoch)
+        a.parents.extend(self._parents_pb(job, node_id))
+        if digest not in node.sent_manifest:
+            a.manifest_json = job.manifest_json
+            node.sent_manifest.add(digest)
+        prog = job.progress.get(node_id)
+        if prog is not None:
+            prog.last_parents = tuple(job.plan.parents_of(node_id))
+        node.queue.put_nowait(pb.PlanUpdate(assignment=a))
+
+    def _digests_msg(self, job: ModelJob, indices: list[int]):
+        blob = b"".join(bytes(job.digests[i * DIGEST:(i + 1) * DIGEST]) for i in indices)
+        return pb.PlanUpdate(digests=pb.Digests(model=job.manifest.digest, indices=indices, digests=blob))
+
+    def _on_progress(self, node_id: str, r) -> None:
+        job = self.jobs.get(r.model)
+        if job is None or node_id not in job.progress:
+            return
+        prog = job.progress[node_id]
+        n = len(job.manifest.pieces)
+        prog.have.update(i for i in r.have if i < n)
+        if r.digests.indices:
+            blob = r.digests.digests
+            if len(blob) == DIGEST * len(r.digests.indices) and node_id in job.plan.roots():
+                for j, i in enumerate(r.digests.indices):
+                    if i < n and not job.known[i]:
+                        job.digests[i * DIGEST:(i + 1) * DIGEST] = blob[j * DIGEST:(j + 1) * DIGEST]
+                        job.known[i] = 1
+                        job.pending_digests.append(i)
+        prog.origin, prog.peer, prog.sent = r.bytes_from_origin, r.bytes_from_peers, r.bytes_sent
+        prog.by_transport = dict(r.bytes_by_transport)
+        now = time.monotonic()
+        got = prog.origin + prog.peer
+        t0, b0 = prog.rate_mark
+        if now - t0 >= 1.0:
+            prog.rate = (got - b0) / (now - t0) if t0 else 0.0
+            prog.rate_mark = (now, got)
+        if r.error:
+            prog.error = r.error
+            prog.state = "failed"
+        if r.complete and not prog.complete:
+            prog.complete = True
+            prog.state = "complete"
+            prog.finished = now
+            log.info("model %s complete on %s", job.manifest.digest[:12], node_id)
+        for f in r.failures:
+            self._on_failure(job, node_id, f)
+
+    def _on_failure(self, job: ModelJob, reporter: str, f) -> None:
+        peer = f.peer
+        if f.kind == "corrupt" and peer in job.plan.nodes:
+            log.warning("model %s: %s reports corrupt piece %d from %s: excluding it", job.manifest.digest[:12],
+                        reporter, f.piece, peer)
+            job.excluded.add(peer)
+            metrics.PIECES_REPORTED.labels(result="corrupt").inc()
+            self._remove_from_job(job, peer, "corrupt data")
+            node = self.nodes.get(peer)
+            if node is not None and node.queue is not None:
+                node.queue.put_nowait(pb.PlanUpdate(cancel=pb.Cancel(model=job.manifest.digest,
+                                                                     reason="served corrupt data")))
+            if peer in job.progress:
+                job.progress[peer].state = "excluded"
+        elif f.kind in ("unreachable", "stalled") and peer in self.nodes:
+            node = self.nodes[peer]
+            # the reporter cannot reach it; trust our own view: a node still reporting is alive
+            if time.monotonic() - node.last_seen > self.dead_after:
+                self._declare_dead(peer, f"{f.kind} per {reporter}")
+
+    def _declare_dead(self, node_id: str, why: str) -> None:
+        node = self.nodes.get(node_id)
+        if node is None or not node.alive:
+            return
+        node.alive = False
+        log.warning("node %s declared dead (%s)", node_id, why)
+        metrics.SCHEDULER_NODES.set(sum(1 for n in self.nodes.values() if n.alive))
+        if node.queue is not None:
+            node.queue.put_nowait(None)
+        for job in self.jobs.values():
+            if node_id in job.plan.nodes:
+                self._remove_from_job(job, node_id, why)
+                if node_id in job.progress and not job.progress[node_id].complete:
+                    job.progress[node_id].state = "dead"
+
+    def _remove_from_job(self, job: ModelJob, node_id: str, why: str) -> None:
+        if len(job.plan.nodes) <= 1:
+            return  # nothing left to repair
+        before = {n: tuple(job.plan.parents_of(n)) for n in job.plan.nodes if n != node_id}
+        try:
+            job.plan = planner.remove_node(job.plan, node_id)
+        except PlanError as exc:
+            log.error("cannot repair plan of %s: %s", job.manifest.digest[:12], exc)
+            return
+        job.replans += 1
+        metrics.REPLANS.labels(reason="failure").inc()
+        for n, old in before.items():
+            new = tuple(job.plan.parents_of(n))
+            if new != old:
+                if node_id in old and n in job.progress:
+                    job.progress[n].reparented_from.append(node_id)
+                self._send_assignment(job, n)
+        log.info("model %s re-planned without %s (%s): epoch %d", job.manifest.digest[:12], node_id, why,
+                 job.plan.epoch)
+
+    async def _flush_digests(self) -> None:
+        while True:
+            await asyncio.sleep(0.02)
+            for job in self.jobs.values():
+                if not job.pending_digests:
+                    continue
+                batch, job.pending_digests = job.pending_digests, []
+                msg = self._digests_msg(job, batch)
+                for n in job.plan.nodes:
+                    node = self.nodes.get(n)
+                    if node is not None and node.queue is not None:
+                        node.queue.put_nowait(msg)
+
+    async def _monitor(self) -> None:
+        while True:
+            await asyncio.sleep(min(self.heartbeat, 0.5))
+            now = time.monotonic()
+            for nid, node in list(self.nodes.items()):
+                if node.alive and now - node.last_seen > self.dead_after:
+                    self._declare_dead(nid, f"silent for {now - node.last_seen:.1f}s")
+
+
+def _manifest_of(source: str, revision: str | None, allow, cfg: Config) -> Manifest:
+    origin, manifest = resolve(source, revision=revision, allow_patterns=allow, config=cfg)
+    origin.close()
+    return manifest
+
+
+async def serve(listen: str, *, config: Config | None = None, heartbeat: float = 1.0, dead_after: float = 5.0,
+                ready=None) -> None:
+    """Run the scheduler on ``listen`` until cancelled. ``ready(address)`` is called once listening."""
+    server = grpc.aio.server(options=GRPC_OPTIONS)
+    service = SchedulerService(config, heartbeat=heartbeat, dead_after=dead_after)
+    pb_grpc.add_SchedulerServicer_to_server(service, server)
+    port = server.add_insecure_port(listen)
+    if port == 0:
+        raise ModelDistError(f"cannot listen on {listen}")
+    await server.start()
+    service.start_background()
+    host = listen.rsplit(":", 1)[0]
+    if ready is not None:
+        ready(f"{host}:{port}")
+    try:
+        await server.wait_for_termination()
+    finally:
+        await service.stop_background()
+        await server.stop(grace=1)

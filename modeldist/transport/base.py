@@ -1,0 +1,127 @@
+"""The one data-plane interface (DESIGN section 6) and the registry of implementations by name.
+
+A *session* is one parent-child edge for one model. The child connects and presents a ``Hello``
+(model digest, session token, its node id); the parent authorizes it, the child sends the list of
+pieces it wants, and the parent sends each one as soon as it holds it verified (pipelining), reading
+from its store mapping; the child receives each piece straight into its own mapping.
+
+Implementations: ``tcp`` (default and fallback), ``rdma`` (a later issue). Every blocking call has
+a deadline; failures are ``TransportError`` with ``.peer``.
+
+Must not: verify digests or decide whom to fetch from (the agent does).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Callable, ClassVar, Protocol, Sequence
+
+from ..errors import ConfigError
+
+__all__ = ["Hello", "PieceSource", "Transport", "ChildSession", "Listener", "register", "get_transport",
+           "transports"]
+
+
+@dataclass(frozen=True)
+class Hello:
+    model: str        # manifest digest (64 hex)
+    token: bytes      # session token from the scheduler
+    node_id: str      # the child
+
+
+class PieceSource(Protocol):
+    """What a parent serves one model from (the agent's job)."""
+
+    def piece_count(self) -> int: ...
+
+    def piece_length(self, index: int) -> int: ...
+
+    def wait_piece(self, index: int, timeout: float) -> memoryview | None:
+        """The verified bytes of ``index`` once held; None if not held within ``timeout``."""
+
+    def sent(self, nbytes: int, transport: str) -> None:
+        """Account bytes sent to a child."""
+
+
+#: Parent side: hello -> the source to serve from; raise AuthError / TransportError to refuse.
+Authorizer = Callable[[Hello, str], PieceSource]
+
+
+class ChildSession(ABC):
+    """Child side of one edge. Context manager; ``close()`` is safe twice and wakes a blocked recv."""
+
+    peer: str
+
+    @abstractmethod
+    def request(self, indices: Sequence[int]) -> None:
+        """Ask for these pieces, in this order of preference (one request per session)."""
+
+    @abstractmethod
+    def receive(self, dest: Callable[[int, int], memoryview], timeout: float) -> int | None:
+        """Receive the next piece into ``dest(index, length)``; return its index.
+
+        Returns None when the parent has sent everything it will send. A piece the parent could
+        not get in time raises nothing: it is simply not sent (the child re-requests elsewhere).
+        """
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> "ChildSession":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Listener(ABC):
+    """Parent side: accepts sessions and serves them until closed."""
+
+    address: str
+
+    @abstractmethod
+    def close(self) -> None: ...
+
+    def __enter__(self) -> "Listener":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class Transport(ABC):
+    name: ClassVar[str]
+
+    @abstractmethod
+    def listen(self, address: str, authorize: Authorizer) -> Listener:
+        """Start serving on ``address`` (``host:port``; port 0 = any)."""
+
+    @abstractmethod
+    def connect(self, address: str, hello: Hello, *, timeout: float) -> ChildSession:
+        """Open a session to a parent and complete the handshake."""
+
+
+_REGISTRY: dict[str, Callable[[], Transport]] = {}
+
+
+def register(name: str, factory: Callable[[], Transport]) -> None:
+    _REGISTRY[name] = factory
+
+
+def transports() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def get_transport(name: str) -> Transport:
+    _load_builtin()
+    try:
+        return _REGISTRY[name]()
+    except KeyError:
+        raise ConfigError(f"unknown transport {name!r}: choose one of {', '.join(sorted(_REGISTRY))}") from None
+
+
+def _load_builtin() -> None:
+    if "tcp" not in _REGISTRY:
+        from . import tcp  # noqa: F401 - registers itself

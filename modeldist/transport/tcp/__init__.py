@@ -1,0 +1,281 @@
+"""Raw-TCP data plane: the default transport and the fallback for RDMA.
+
+Parent: one listener thread accepts; one thread per session authorizes the hello, reads the one
+request, and sends each requested piece as soon as the job holds it, straight from the mapping
+(``sendmsg`` of header + memoryview: no copy in Python). Child: ``recv_into`` straight into the
+destination view. Large socket buffers; every blocking call has a deadline (socket timeouts).
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from typing import Callable, Sequence
+
+from ... import metrics
+from ...errors import AuthError, ModelDistError, TransportError
+from ..base import Authorizer, ChildSession, Hello, Listener, Transport, register
+from . import wire
+
+__all__ = ["TcpTransport"]
+
+log = logging.getLogger(__name__)
+
+SOCK_BUF = 8 << 20
+#: how long a parent waits for a requested piece it does not hold yet before moving on to others
+PIECE_WAIT = 0.05
+#: a session with no piece sendable for this long ends (the child re-plans)
+IDLE_LIMIT = 300.0
+
+
+def _tune(sock: socket.socket) -> None:
+    for opt in (socket.SO_SNDBUF, socket.SO_RCVBUF):
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, SOCK_BUF)
+        except OSError:
+            pass
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
+def split_addr(address: str) -> tuple[str, int]:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise TransportError(f"bad address {address!r} (expected host:port)", peer=address)
+    return host.strip("[]"), int(port)
+
+
+def _recv_exact_fn(sock: socket.socket, peer: str):
+    def recv_exact(n: int) -> bytes:
+        buf = bytearray(n)
+        view = memoryview(buf)
+        got = 0
+        while got < n:
+            k = sock.recv_into(view[got:], n - got)
+            if k == 0:
+                raise TransportError("connection closed by peer", peer=peer)
+            got += k
+        return bytes(buf)
+    return recv_exact
+
+
+class TcpChildSession(ChildSession):
+    def __init__(self, sock: socket.socket, peer: str):
+        self.sock = sock
+        self.peer = peer
+        self._closed = False
+        self._head = bytearray(wire.FRAME.size)
+
+    def request(self, indices: Sequence[int]) -> None:
+        try:
+            self.sock.sendall(wire.encode_request(list(indices)))
+        except OSError as exc:
+            raise TransportError(f"request to {self.peer} failed: {exc}", peer=self.peer, errno_=exc.errno) from exc
+
+    def _recv_into(self, view: memoryview, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        got, n = 0, len(view)
+        while got < n:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TransportError(f"{self.peer}: no data for {timeout:.1f}s (stalled)", peer=self.peer)
+            self.sock.settimeout(left)
+            try:
+                k = self.sock.recv_into(view[got:], n - got)
+            except socket.timeout:
+                raise TransportError(f"{self.peer}: no data for {timeout:.1f}s (stalled)", peer=self.peer) from None
+            except OSError as exc:
+                raise TransportError(f"{self.peer}: {exc}", peer=self.peer, errno_=exc.errno) from exc
+            if k == 0:
+                raise TransportError(f"{self.peer}: connection closed", peer=self.peer)
+            got += k
+
+    def receive(self, dest: Callable[[int, int], memoryview], timeout: float) -> int | None:
+        self._recv_into(memoryview(self._head), timeout)
+        head = wire.parse_frame_head(bytes(self._head))
+        if head.kind == wire.T_END:
+            return None
+        view = dest(head.index, head.length)
+        if len(view) != head.length:
+            raise TransportError(f"{self.peer}: piece {head.index} has length {head.length}, expected {len(view)}",
+                                 peer=self.peer)
+        self._recv_into(view, timeout)
+        metrics.BYTES_RECEIVED.labels(source="peer", transport="tcp").inc(head.length)
+        return head.index
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            try:
+                self.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self.sock.close()
+
+
+class TcpListener(Listener):
+    def __init__(self, address: str, authorize: Authorizer, *, io_timeout: float = 30.0):
+        host, port = split_addr(address)
+        self._authorize = authorize
+        self._io_timeout = io_timeout
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        _tune(self.sock)
+        try:
+            self.sock.bind((host, port))
+        except OSError as exc:
+            self.sock.close()
+            raise TransportError(f"cannot listen on {address}: {exc.strerror}", peer=address, errno_=exc.errno) from exc
+        self.sock.listen(256)
+        self.sock.settimeout(0.2)
+        h, p = self.sock.getsockname()[:2]
+        self.address = f"{h}:{p}" if family == socket.AF_INET else f"[{h}]:{p}"
+        self._closed = threading.Event()
+        self._sessions: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._acceptor = threading.Thread(target=self._accept_loop, name="modeldist-tcp-accept", daemon=True)
+        self._acceptor.start()
+
+    def _accept_loop(self) -> None:
+        while not self._closed.is_set():
+            try:
+                conn, addr = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            _tune(conn)
+            with self._lock:
+                if self._closed.is_set():
+                    conn.close()
+                    return
+                self._sessions.add(conn)
+                self._threads = [t for t in self._threads if t.is_alive()]
+                t = threading.Thread(target=self._serve, args=(conn, f"{addr[0]}:{addr[1]}"),
+                                     name="modeldist-tcp-serve", daemon=True)
+                self._threads.append(t)
+            t.start()
+
+    def _serve(self, conn: socket.socket, peer: str) -> None:
+        metrics.ACTIVE_SESSIONS.labels(transport="tcp").inc()
+        try:
+            conn.settimeout(self._io_timeout)
+            recv_exact = _recv_exact_fn(conn, peer)
+            hello, version = wire.read_hello(recv_exact)
+            if version != wire.VERSION:
+                conn.sendall(wire.encode_reply(wire.BAD_VERSION, f"version {version} not supported"))
+                return
+            try:
+                source = self._authorize(hello, peer)
+            except AuthError as exc:
+                conn.sendall(wire.encode_reply(wire.AUTH, str(exc)))
+                log.warning("refused data session from %s (%s): %s", peer, hello.node_id, exc)
+                return
+            except ModelDistError as exc:
+                conn.sendall(wire.encode_reply(wire.UNKNOWN_MODEL, str(exc)))
+                return
+            conn.sendall(wire.encode_reply(wire.OK))
+            pending = wire.read_request(recv_exact, source.piece_count())
+            self._send_pieces(conn, source, pending)
+            conn.sendall(wire.FRAME.pack(wire.T_END, 0, 0))
+        except (TransportError, OSError) as exc:
+            if not self._closed.is_set():
+                log.debug("session with %s ended: %s", peer, exc)
+        except Exception:  # noqa: BLE001 - a serving thread must never die silently
+            log.exception("session with %s failed", peer)
+        finally:
+            metrics.ACTIVE_SESSIONS.labels(transport="tcp").dec()
+            with self._lock:
+                self._sessions.discard(conn)
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+    def _send_pieces(self, conn: socket.socket, source, pending: list[int]) -> None:
+        """Send pieces as they become available, earliest-requested first (a small window)."""
+        idle_since = time.monotonic()
+        window = 64
+        while pending and not self._closed.is_set():
+            sent_any = False
+            for pos in range(min(window, len(pending))):
+                i = pending[pos]
+                view = source.wait_piece(i, 0 if pos else PIECE_WAIT)
+                if view is None:
+                    continue
+                head = wire.FRAME.pack(wire.T_PIECE, i, len(view))
+                _sendall2(conn, head, view)
+                source.sent(len(view), "tcp")
+                del pending[pos]
+                sent_any = True
+                idle_since = time.monotonic()
+                break
+            if not sent_any and time.monotonic() - idle_since > IDLE_LIMIT:
+                return
+
+    def close(self) -> None:
+        if self._closed.is_set():
+            return
+        self._closed.set()
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        with self._lock:
+            for s in list(self._sessions):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+            threads = list(self._threads)
+        self._acceptor.join(timeout=5)
+        for t in threads:
+            t.join(timeout=5)
+
+
+def _sendall2(conn: socket.socket, head: bytes, view: memoryview) -> None:
+    """Header and payload in one syscall when the kernel takes it all (sendmsg), else the rest."""
+    sent = conn.sendmsg([head, view])
+    total = len(head) + len(view)
+    if sent < total:
+        if sent < len(head):
+            conn.sendall(head[sent:])
+            conn.sendall(view)
+        else:
+            conn.sendall(view[sent - len(head):])
+
+
+class TcpTransport(Transport):
+    name = "tcp"
+
+    def listen(self, address: str, authorize: Authorizer) -> Listener:
+        return TcpListener(address, authorize)
+
+    def connect(self, address: str, hello: Hello, *, timeout: float) -> ChildSession:
+        host, port = split_addr(address)
+        try:
+            sock = socket.create_connection((host, port), timeout=timeout)
+        except OSError as exc:
+            raise TransportError(f"cannot connect to {address}: {exc}", peer=address, errno_=exc.errno) from exc
+        try:
+            _tune(sock)
+            sock.settimeout(timeout)
+            sock.sendall(wire.encode_hello(hello))
+            status, message = wire.read_reply(_recv_exact_fn(sock, address))
+        except (OSError, TransportError) as exc:
+            sock.close()
+            if isinstance(exc, TransportError):
+                raise
+            raise TransportError(f"handshake with {address} failed: {exc}", peer=address) from exc
+        if status != wire.OK:
+            sock.close()
+            if status == wire.AUTH:
+                raise AuthError(f"{address} refused the session: {message}")
+            raise TransportError(f"{address} refused the session ({status}): {message}", peer=address)
+        return TcpChildSession(sock, address)
+
+
+register("tcp", TcpTransport)
