@@ -34,13 +34,61 @@ def resolve_config(config: Config | Mapping[str, Any] | str | os.PathLike | None
         cfg = Config.load(**{**config, **{k: v for k, v in overrides.items() if v is not None}})
     else:
         cfg = Config.load(config, **overrides)
-    if cfg.scheduler:
-        raise ConfigError(f"scheduler {cfg.scheduler!r} given, but this version of modeldist has no swarm yet: "
-                          "omit scheduler= and unset MODELDIST_SCHEDULER to read straight from the origin")
-    if cfg.agent:
-        raise ConfigError(f"agent {cfg.agent!r} given, but this version of modeldist has no agent yet: "
-                          "omit agent= and unset MODELDIST_AGENT")
     return cfg
+
+
+def _agent_socket(cfg: Config) -> Path | None:
+    if cfg.agent:
+        return Path(cfg.agent)
+    from .agent.daemon import local_socket_path
+
+    path = local_socket_path(cfg)
+    return path if path.exists() else None
+
+
+def _stage(source: str | os.PathLike, cfg: Config, *, revision: str | None, allow_patterns: Patterns,
+           **callbacks: Any) -> staging.StagedModel:
+    """Through this node's agent when one runs (weights once per node), else in-process from origin."""
+    sock = _agent_socket(cfg)
+    if sock is not None:
+        from .agent.daemon import ask_local_agent
+        from .origin import canonical_source
+
+        t0 = time.monotonic()
+        try:
+            reply = ask_local_agent(sock, canonical_source(source), revision=revision, allow_patterns=allow_patterns,
+                                    timeout=cfg.timeout or 3600)
+        except (ConnectionRefusedError, FileNotFoundError) as exc:
+            if cfg.agent:
+                raise ConfigError(f"no agent answers on {sock}: start `modeldist agent` on this node") from exc
+        else:
+            path = Path(reply["path"])
+            manifest = Manifest.from_json((path / "manifest.json").read_bytes())
+            if callbacks.get("on_start"):
+                callbacks["on_start"](manifest, [])
+            return staging.StagedModel(manifest, path, 0, time.monotonic() - t0)
+    if cfg.scheduler:
+        raise ConfigError(f"scheduler {cfg.scheduler!r} given but no agent runs on this node: start "
+                          f"`modeldist agent --scheduler {cfg.scheduler}` here (or drop scheduler= to read the origin)")
+    return staging.stage(os.fspath(source), revision=revision, allow_patterns=allow_patterns, config=cfg, **callbacks)
+
+
+def _check_device(device: str | None, fw: str) -> None:
+    """Refuse a device this process cannot use before any work starts (load and stream alike)."""
+    if device in (None, "cpu"):
+        return
+    if fw != "pt":
+        raise ConfigError("device= needs framework='pt'")
+    import torch
+
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ConfigError(f"not a device: {device!r}") from exc
+    if dev.type != "cuda":
+        raise ConfigError(f"unsupported device {device!r} (expected cuda or cuda:N)")
+    if not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available in this process")
 
 
 def load(source: str | os.PathLike, *, framework: str = "numpy", device: str | None = None,
@@ -52,11 +100,10 @@ def load(source: str | os.PathLike, *, framework: str = "numpy", device: str | N
     (``*.safetensors.index.json``) loads as one dict. ``device="cuda:N"`` copies to that GPU.
     """
     fw = _framework(framework)
-    if device not in (None, "cpu") and fw != "pt":
-        raise ConfigError("device= needs framework='pt'")
+    _check_device(device, fw)
     cfg = resolve_config(config, scheduler=scheduler, agent=agent, store=store)
     t0 = time.monotonic()
-    staged = staging.stage(os.fspath(source), revision=revision, allow_patterns=allow_patterns, config=cfg)
+    staged = _stage(source, cfg, revision=revision, allow_patterns=allow_patterns)
     view = ModelView(staged.path, staged.manifest)
     tensors = dict(view.tensors(staged.manifest.state_dict_tensors(), fw))
     if device not in (None, "cpu"):
@@ -74,18 +121,27 @@ def stream(source: str | os.PathLike, *, framework: str = "numpy", device: str |
     """Yield ``(name, tensor)`` in arrival order, each as soon as all its bytes are verified.
 
     Staging runs in a background thread; if the caller stops early it still completes the store.
+    Arguments are checked at the call, before the first ``next()``. Through a local agent, tensors
+    come once the node holds the whole model.
     """
     fw = _framework(framework)
-    if device not in (None, "cpu") and fw != "pt":
-        raise ConfigError("device= needs framework='pt'")
+    _check_device(device, fw)
     cfg = resolve_config(config, scheduler=scheduler, agent=agent, store=store)
+    if cfg.scheduler and _agent_socket(cfg) is None:
+        raise ConfigError(f"scheduler {cfg.scheduler!r} given but no agent runs on this node: start "
+                          f"`modeldist agent --scheduler {cfg.scheduler}` here (or drop scheduler= to read the origin)")
+    return _stream(source, fw, device, revision, allow_patterns, cfg)
+
+
+def _stream(source, fw: str, device, revision, allow_patterns, cfg: Config) -> Iterator[tuple[str, Any]]:
     events: "queue.SimpleQueue[tuple]" = queue.SimpleQueue()
 
     def run() -> None:
         try:
-            staging.stage(os.fspath(source), revision=revision, allow_patterns=allow_patterns, config=cfg,
-                          on_start=lambda m, missing: events.put(("start", m, missing)),
-                          on_piece=lambda i, n: events.put(("piece", i)))
+            staged = _stage(source, cfg, revision=revision, allow_patterns=allow_patterns,
+                            on_start=lambda m, missing: events.put(("start", m, missing)),
+                            on_piece=lambda i, n: events.put(("piece", i)))
+            events.put(("path", staged.path))
             events.put(("done",))
         except BaseException as exc:  # noqa: BLE001 - re-raised in the consumer
             events.put(("error", exc))
@@ -109,7 +165,12 @@ def stream(source: str | os.PathLike, *, framework: str = "numpy", device: str |
         raise ModelDistError(f"internal: unexpected staging event {ev[0]!r}")
     manifest: Manifest = ev[1]
     missing = set(ev[2])
-    view = ModelView(Store(config=cfg).path_of(manifest.digest), manifest)
+    # in-process staging writes to our store; an agent's store may live elsewhere: wait for its path
+    view = ModelView(Store(config=cfg).path_of(manifest.digest), manifest) if missing or _agent_socket(cfg) is None \
+        else None
+    if view is None:
+        ev = next_event()
+        view = ModelView(ev[1], manifest)
     entries = manifest.state_dict_tensors()
     waiting: dict[int, int] = {}
     by_piece: dict[int, list[int]] = {}
@@ -157,5 +218,5 @@ def snapshot_download(repo_id: str | os.PathLike, *, revision: str | None = None
     source = os.fspath(repo_id)
     if "://" not in source and not Path(source).expanduser().exists():
         source = f"hf://{source}"
-    staged = staging.stage(source, revision=revision, allow_patterns=allow_patterns, config=cfg)
+    staged = _stage(source, cfg, revision=revision, allow_patterns=allow_patterns)
     return str(staged.path)

@@ -131,13 +131,14 @@ def node_table(row: ModelRow, title: str = ""):
 
     t = Table(title=title or f"model {row.model[:12]} ({_human(row.total_bytes)}, {row.pieces} pieces, "
                              f"{row.stripes} stripes, {row.replans} re-plans)")
-    for col in ("node", "state", "pieces", "time", "rate", "from origin", "from peers", "parents per stripe",
-                "re-parented from"):
-        t.add_column(col)
+    for col in ("node", "state", "pieces", "time", "origin", "peers", "parents (per stripe)"):
+        t.add_column(col, no_wrap=col != "parents (per stripe)")
     for n in row.nodes:
-        t.add_row(n.node_id, n.state, f"{n.have}/{row.pieces}", f"{n.seconds:.2f}s",
-                  f"{_human(n.rate_bps)}/s" if not n.complete else "-", _human(n.origin_bytes), _human(n.peer_bytes),
-                  ", ".join(n.parents) or "-", ", ".join(n.reparented_from) or "-")
+        parents = ",".join(n.parents) or "-"
+        if n.reparented_from:
+            parents += f" (lost {','.join(n.reparented_from)})"
+        t.add_row(n.node_id, n.state if n.complete or not n.rate_bps else f"{n.state} {_human(n.rate_bps)}/s",
+                  f"{n.have}/{row.pieces}", f"{n.seconds:.2f}s", _human(n.origin_bytes), _human(n.peer_bytes), parents)
     return t
 
 

@@ -73,8 +73,9 @@ class Config:
     hf_token: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
-        if self.piece_size is not None and not (4096 <= self.piece_size <= 1 << 30):
-            raise ConfigError(f"piece_size must be between 4 KiB and 1 GiB, got {self.piece_size}")
+        if self.piece_size is not None and not (4096 <= self.piece_size <= 1 << 30 and self.piece_size % 4096 == 0):
+            # whole pages: a reader's copy-on-write page never straddles a piece still being written
+            raise ConfigError(f"piece_size must be a multiple of 4 KiB between 4 KiB and 1 GiB, got {self.piece_size}")
         if self.concurrency < 1 or self.concurrency > 256:
             raise ConfigError(f"concurrency must be 1..256, got {self.concurrency}")
         if self.retries < 1:

@@ -46,14 +46,26 @@ def test_errors_are_one_line(tmp_path):
     assert r.returncode != 0 and "Traceback" in r.stderr
 
 
-def test_swarm_options_refused_clearly(minilm_dir):
+def test_cluster_stage_errors_are_clear(minilm_dir):
     r = run("stage", str(minilm_dir), "--scheduler", "127.0.0.1:1")
-    assert r.returncode == 1 and "swarm" in r.stderr
+    assert r.returncode == 1 and "--all" in r.stderr
+    r = run("stage", str(minilm_dir), "--all")
+    assert r.returncode == 1 and "--scheduler" in r.stderr
+    r = run("stage", str(minilm_dir), "--all", "--scheduler", "127.0.0.1:1", timeout=60)
+    assert r.returncode == 1 and "unreachable" in r.stderr and "Traceback" not in r.stderr
 
 
 @pytest.mark.slow
-def test_demo_runs_and_verifies():
-    r = run("demo", "--size", "32MiB", timeout=300)
+def test_demo_single_node_runs_and_verifies():
+    r = run("demo", "--peers", "0", "--size", "32MiB", timeout=300)
     assert r.returncode == 0, r.stderr
     assert "every byte equal to the origin" in r.stdout
     assert "1.00" in r.stdout  # origin bytes / model size
+
+
+@pytest.mark.slow
+def test_demo_broadcast_to_agents_runs_and_verifies():
+    r = run("demo", "--peers", "3", "--size", "32MiB", timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "every byte on every node equals the origin" in r.stdout
+    assert "origin bytes / model size │ 1.00" in r.stdout

@@ -225,6 +225,7 @@ def test_s3_origin_bit_identical(s3_model, s3_env, ref_np, ref_pt, minilm_dir, i
         (minilm_dir / "tokenizer.json").read_bytes()
 
 
+@pytest.mark.slow
 def test_s3_single_object_origin(s3_model, s3_env, ref_np):
     assert_same_numpy(modeldist.load(_s3_uri(s3_model, key=f"{PREFIX}/model.safetensors")), ref_np)
 
@@ -431,6 +432,40 @@ def test_hf_load_in_subprocess_with_env(hf_home, minilm_dir, monkeypatch, ref_np
     assert out["modeldist"] == str(REPO_ROOT / "modeldist" / "__init__.py")
     assert out["n"] == len(ref_np)
     assert out["same"] is True
+    assert out["sha256"] == hashlib.sha256((minilm_dir / "model.safetensors").read_bytes()).hexdigest()
+
+
+_HF_UNREACHABLE = textwrap.dedent("""
+    import json, sys
+    import huggingface_hub.constants as c
+    import modeldist
+    from modeldist.errors import OriginError
+    assert not c.HF_HUB_OFFLINE
+    got = modeldist.load("hf://%s")
+    try:
+        modeldist.load("hf://sentence-transformers/not-in-the-cache")
+        missing = "loaded"
+    except OriginError as exc:
+        missing = str(exc)
+    print(json.dumps({"n": len(got), "missing": missing,
+                      "sha256": modeldist.Manifest.from_source("hf://%s").file_map["model.safetensors"].sha256}))
+""" % (REPO_ID, REPO_ID))
+
+
+def test_hf_unreachable_hub_falls_back_to_cache(hf_home, minilm_dir, monkeypatch, ref_np):
+    """Online mode, but the hub (HF_ENDPOINT) refuses connections: the cache serves the model."""
+    monkeypatch.setenv("HF_HOME", str(hf_home))
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{_free_port()}")  # nobody listens there
+    for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_TOKEN"):
+        monkeypatch.delenv(key, raising=False)
+    t0 = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", _HF_UNREACHABLE], env=_subprocess_env(),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert time.monotonic() - t0 < 60
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["n"] == len(ref_np)
+    assert "not in the local Hugging Face cache" in out["missing"]
     assert out["sha256"] == hashlib.sha256((minilm_dir / "model.safetensors").read_bytes()).hexdigest()
 
 
