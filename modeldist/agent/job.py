@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import queue
 import threading
 import time
 from dataclasses import dataclass, field
@@ -379,10 +380,41 @@ class _Fetcher:
                              on_piece=landed, cancel=self._stop)
 
     def _from_peer(self, todo: list[int]) -> None:
+        """Receive on this thread, verify and commit on a second one (blake3 releases the GIL), so
+        the socket keeps draining while the previous piece is hashed."""
         job = self.job
         hello = Hello(job.model, job.token, job.node_id)
         session = job.transport.connect(self.ref.addr, hello, timeout=job.stall_timeout)
         self._session = session
+        checks: "queue.Queue[tuple[int, float] | None]" = queue.Queue(maxsize=64)
+        failure: list[BaseException] = []
+
+        def verifier() -> None:
+            while True:
+                item = checks.get()
+                if item is None:
+                    return
+                i, started = item
+                try:
+                    want = job.wait_digest(i, job.stall_timeout)
+                    if want is None:
+                        raise TransportError(f"no digest for piece {i} from the scheduler within "
+                                             f"{job.stall_timeout:.0f}s", peer=self.ref.addr)
+                    view = job.buf.piece_view(i)
+                    got = blake3.blake3(view).digest()
+                    if got != want:
+                        metrics.PIECES.labels(result="corrupt").inc()
+                        raise IntegrityError(f"piece {i} from {self.ref.node_id} does not match its digest", piece=i)
+                    job.commit(i, got, source="peer", transport=job.transport.name, nbytes=len(view))
+                    metrics.PIECES.labels(result="ok").inc()
+                    metrics.PIECE_SECONDS.observe(time.monotonic() - started)
+                except BaseException as exc:  # noqa: BLE001 - handed to the receiving thread
+                    failure.append(exc)
+                    session.close()  # wakes the receiver; the rest of this session is not trusted
+                    return
+
+        vt = threading.Thread(target=verifier, name="modeldist-verify", daemon=True)
+        vt.start()
         try:
             if self._stop.is_set():
                 return
@@ -393,32 +425,36 @@ class _Fetcher:
             def dest(index: int, length: int) -> memoryview:
                 if not (0 <= index < job.n) or length != job.manifest.pieces[index].length:
                     raise TransportError(f"{self.ref.node_id} sent piece {index} with a bad length", peer=self.ref.addr)
-                if job.have[index]:
-                    return memoryview(scratch)[:length]  # already here (another parent): discard
+                if job.have[index] or index in mine:
+                    return memoryview(scratch)[:length]  # already here (or on its way): discard
                 mine.add(index)
                 return job.buf.piece_view(index)
 
-            while not self._stop.is_set():
+            while not self._stop.is_set() and not failure:
                 started = time.monotonic()
                 i = session.receive(dest, timeout=job.stall_timeout)
                 if i is None:
-                    return
+                    break
                 if i not in mine:
                     continue
-                mine.discard(i)
-                want = job.wait_digest(i, job.stall_timeout)
-                if want is None:
-                    raise TransportError(f"no digest for piece {i} from the scheduler within "
-                                         f"{job.stall_timeout:.0f}s", peer=self.ref.addr)
-                view = job.buf.piece_view(i)
-                got = blake3.blake3(view).digest()
-                if got != want:
-                    metrics.PIECES.labels(result="corrupt").inc()
-                    raise IntegrityError(f"piece {i} from {self.ref.node_id} does not match its digest", piece=i)
-                job.commit(i, got, source="peer", transport=job.transport.name, nbytes=len(view))
-                metrics.PIECES.labels(result="ok").inc()
-                metrics.PIECE_SECONDS.observe(time.monotonic() - started)
+                while not failure:
+                    try:
+                        checks.put((i, started), timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+        except TransportError:
+            if not failure:
+                raise
         finally:
+            while vt.is_alive():
+                try:
+                    checks.put(None, timeout=0.5)
+                    break
+                except queue.Full:
+                    continue
+            vt.join(timeout=job.stall_timeout + 5)
             self._session = None
             session.close()
-
+        if failure:
+            raise failure[0]
