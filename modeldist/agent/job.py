@@ -95,7 +95,9 @@ class Job:
                     self._set_digest(i, d)
         # outbound report state (drained by the agent's asyncio loop)
         self._new_have: list[int] = [i for i in range(self.n) if self.have[i]]
-        self._new_digests: list[int] = []
+        # held pieces (resumed or complete store): their digests go to the scheduler too, so this
+        # node's children can verify what it serves even when it reads nothing from the origin
+        self._new_digests: list[int] = [i for i in range(self.n) if self.have[i] and self.known[i]]
         self._failures: list[tuple[str, int, str, str]] = []
         self._fetchers: dict[ParentRef, _Fetcher] = {}
         self._parents: list[ParentRef] = []
