@@ -80,12 +80,14 @@ class Config:
             raise ConfigError(f"concurrency must be 1..256, got {self.concurrency}")
         if self.retries < 1:
             raise ConfigError(f"retries must be >= 1, got {self.retries}")
-        if self.retry_backoff < 0:
+        if not self.retry_backoff >= 0:
             raise ConfigError("retry_backoff must be >= 0")
         if self.mlock not in ("auto", "on", "off"):
             raise ConfigError(f"mlock must be auto, on or off, got {self.mlock!r}")
-        if self.read_timeout <= 0:
+        if not self.read_timeout > 0:  # also refuses NaN
             raise ConfigError("read_timeout must be > 0")
+        if self.timeout is not None and not self.timeout > 0:
+            raise ConfigError(f"timeout must be > 0 seconds (or none), got {self.timeout}")
         if not self.store:
             raise ConfigError("store must be 'shm' or a folder")
 
@@ -125,7 +127,7 @@ def _from_file(path: Path) -> dict[str, Any]:
             data = tomllib.load(fh)
     except FileNotFoundError as exc:
         raise ConfigError(f"config file not found: {path}") from exc
-    except (tomllib.TOMLDecodeError, OSError) as exc:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, OSError) as exc:
         raise ConfigError(f"cannot read config file {path}: {exc}") from exc
     section = data.get("modeldist", data)
     if not isinstance(section, dict):
@@ -151,9 +153,15 @@ def _coerce(name: str, value: Any) -> Any:
                 return False
             raise ValueError(value)
         if kind.startswith("int"):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError(value)
             return int(value)
         if kind.startswith("float"):
-            return None if value in (None, "", "none") else float(value)
+            if value in (None, "", "none"):
+                return None
+            if isinstance(value, bool):
+                raise ValueError(value)
+            return float(value)
         if name == "mlock" and isinstance(value, bool):
             return "on" if value else "off"
         return None if value is None else str(value)

@@ -17,6 +17,7 @@ Must not: do I/O itself (``from_source`` delegates reads to ``modeldist.origin``
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import posixpath
@@ -441,7 +442,7 @@ def parse_safetensors_header(header: bytes, file_size: int, path: str = "<file>"
         if not isinstance(info, dict):
             raise ManifestError(f"{path}: tensor {name!r}: entry is not an object")
         dtype = info.get("dtype")
-        if dtype not in DTYPE_BITS:
+        if not isinstance(dtype, str) or dtype not in DTYPE_BITS:
             raise ManifestError(f"{path}: tensor {name!r}: unknown dtype {dtype!r}")
         shape = info.get("shape")
         if not isinstance(shape, list) or len(shape) > MAX_NDIM or not all(_is_uint(d) for d in shape):
@@ -532,20 +533,15 @@ def _check_layout(m: Manifest) -> None:
     for f in m.files:
         if f.path in sizes:
             raise ManifestError(f"file {f.path!r} listed twice")
+        if f.path.split("/")[0] in RESERVED_NAMES:
+            raise ManifestError(f"file name {f.path!r} is reserved by the store layout")
         sizes[f.path] = f.size
-    expect = 0
-    for p in m.pieces:
-        if p.file not in sizes:
-            raise ManifestError(f"piece {p.index} names unknown file {p.file!r}")
-    cursor: dict[str, int] = {}
-    for p in m.pieces:
-        if p.offset != cursor.get(p.file, 0) or p.length < 1 or p.length > m.piece_size:
-            raise ManifestError(f"piece {p.index} does not follow the piece layout")
-        cursor[p.file] = p.offset + p.length
-        expect += 1
-    for path, size in sizes.items():
-        if cursor.get(path, 0) != size:
-            raise ManifestError(f"pieces do not cover file {path!r}")
+    # the layout is a function of (files, piece_size): pieces_of_range relies on exactly this one
+    expected = ((f.path, off, min(m.piece_size, f.size - off))
+                for f in m.files for off in range(0, f.size, m.piece_size))
+    for k, (p, e) in enumerate(itertools.zip_longest(m.pieces, expected)):
+        if p is None or e is None or (p.file, p.offset, p.length) != e:
+            raise ManifestError(f"piece {k} does not follow the piece layout")
     for t in m.tensors:
         if t.file not in sizes or not (0 <= t.start <= t.end <= sizes[t.file]):
             raise ManifestError(f"tensor {t.name!r} lies outside its file")
@@ -587,6 +583,10 @@ def _loads_strict(data: bytes, what: str) -> dict[str, Any]:
         raise ManifestError(f"{what}: invalid JSON ({exc})") from None
     if not isinstance(obj, dict):
         raise ManifestError(f"{what}: must be a JSON object")
+    try:  # json accepts "\ud800" escapes; such a string cannot be encoded again (serde_json refuses it)
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ManifestError(f"{what}: a string holds a lone UTF-16 surrogate (invalid Unicode)") from None
     return obj
 
 
