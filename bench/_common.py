@@ -28,7 +28,7 @@ GIB = 1 << 30
 MIB = 1 << 20
 
 __all__ = ["parse_size", "make_model", "make_single_file", "machine_info", "median", "summary", "write_json",
-           "drop_dir", "warm_page_cache", "human_bytes", "human_rate", "human_s", "table", "GIB", "MIB"]
+           "drop_dir", "warm_page_cache", "read_text", "mount_of", "human_bytes", "human_rate", "human_s", "table", "GIB", "MIB"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -230,6 +230,28 @@ def machine_info() -> dict[str, Any]:
         "modeldist_tree_dirty": bool(status) if status is not None else None,
         "time_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+
+
+def read_text(path: str) -> str | None:
+    try:
+        return Path(path).read_text().strip()
+    except OSError:
+        return None
+
+
+def mount_of(path: str | os.PathLike) -> str | None:
+    """The /proc/mounts line of the file system holding ``path`` (type and options matter here)."""
+    target = os.path.realpath(path)
+    best = None
+    try:
+        for line in Path("/proc/mounts").read_text().splitlines():
+            parts = line.split()
+            mnt = parts[1]
+            if (target == mnt or target.startswith(mnt.rstrip("/") + "/")) and (best is None or len(mnt) >= len(best[1])):
+                best = parts
+    except OSError:
+        return None
+    return " ".join(best[1:4]) if best else None
 
 
 def median(xs: list[float]) -> float:

@@ -239,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
             "machine": C.machine_info(),
             "params": {"size_requested": size, "shard_size": shard, "repeat": args.repeat,
                        "store": "tmpfs /dev/shm" if args.store == "shm" else "disk",
+                       "store_mount": C.mount_of(store_dir.parent),
+                       "origin_mount": C.mount_of(work),
                        "origin": "disk (temp folder), page cache warm",
                        "safetensors_backend": "default (mmap)"},
             "model": {**{k: v for k, v in model.items() if k != "folder"},

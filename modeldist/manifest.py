@@ -21,6 +21,7 @@ import itertools
 import json
 import math
 import posixpath
+import re
 import struct
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -608,10 +609,14 @@ def _opt_str(v: Any) -> str | None:
     return v
 
 
+_HEX = {64: re.compile(r"[0-9a-f]{64}")}
+
+
 def _opt_hex(v: Any, length: int, what: str) -> str | None:
     if v is None:
         return None
-    if not (isinstance(v, str) and len(v) == length and all(c in "0123456789abcdef" for c in v)):
+    pattern = _HEX.get(length) or _HEX.setdefault(length, re.compile(f"[0-9a-f]{{{length}}}"))
+    if not (isinstance(v, str) and pattern.fullmatch(v)):
         raise ManifestError(f"{what} must be {length} lowercase hex characters, got {v!r}")
     return v
 

@@ -127,7 +127,7 @@ def fill_from_origin(buf: ModelBuffer, origin: Origin, indices: Sequence[int], *
                     raise OriginError(f"{origin.source}: staging deadline passed", source=origin.source)
                 piece = manifest.pieces[i]
                 started = time.monotonic()
-                view = buf.piece_view(i)
+                view = buf.writable_piece(i)
                 origin.read_into(piece.file, piece.offset, view)
                 buf.commit(i, blake3.blake3(view).digest())
                 metrics.BYTES_RECEIVED.labels(source="origin", transport="origin").inc(piece.length)

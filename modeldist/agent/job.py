@@ -430,7 +430,7 @@ class _Fetcher:
                 if job.have[index] or index in mine:
                     return memoryview(scratch)[:length]  # already here (or on its way): discard
                 mine.add(index)
-                return job.buf.piece_view(index)
+                return job.buf.writable_piece(index)
 
             while not self._stop.is_set() and not failure:
                 started = time.monotonic()

@@ -18,6 +18,9 @@ from .buffer import COMPLETE_MARKER, STATE_DIR, ModelBuffer
 
 __all__ = ["Store", "ModelBuffer", "COMPLETE_MARKER", "STATE_DIR"]
 
+#: (path, mtime, size, inode) of a completed manifest.json -> its parsed Manifest
+_MANIFESTS: dict[tuple, Manifest] = {}
+
 
 class Store:
     def __init__(self, root: str | os.PathLike | None = None, *, config: Config | None = None):
@@ -42,14 +45,25 @@ class Store:
         return (self.path_of(digest) / COMPLETE_MARKER).exists()
 
     def manifest(self, digest: str) -> Manifest:
-        """The completed manifest (with piece digests) of a staged model."""
+        """The completed manifest (with piece digests) of a staged model.
+
+        Parsed once per process per file version: ``load()`` of a staged model must cost
+        milliseconds, and re-validating thousands of pieces each call does not.
+        """
         path = self.path_of(digest) / "manifest.json"
         try:
-            m = Manifest.from_json(path.read_bytes())
+            st = path.stat()
+            key = (str(path), st.st_mtime_ns, st.st_size, st.st_ino)
+            m = _MANIFESTS.get(key)
+            if m is None:
+                m = Manifest.from_json(path.read_bytes())
+                if m.digest != digest:
+                    raise StoreError(f"{path}: manifest is for another model", path=str(path))
+                if len(_MANIFESTS) > 64:
+                    _MANIFESTS.clear()
+                _MANIFESTS[key] = m
         except FileNotFoundError as exc:
             raise StoreError(f"{digest[:12]} is not in store {self.root}", path=str(path)) from exc
-        if m.digest != digest:
-            raise StoreError(f"{path}: manifest is for another model", path=str(path))
         return m
 
     def open(self, manifest: Manifest, *, lock_timeout: float = 600.0) -> ModelBuffer:

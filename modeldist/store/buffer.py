@@ -9,8 +9,10 @@ Layout (DESIGN section 6)::
     <store>/<digest>/.modeldist/lock            flock held by the one writer
     <store>/<digest>/.modeldist/complete        written only when every piece is verified
 
-Space is reserved with ``posix_fallocate`` when a file is created, so a full tmpfs or disk fails
-with a clear ``StoreError`` (ENOSPC) instead of a SIGBUS on first touch. A writer restarted on a
+Free space is checked when a model is opened, and each piece's range is reserved with
+``posix_fallocate`` (and locked with ``mlock`` when asked) by the writer just before it writes the
+piece (``writable_piece``): a full tmpfs or disk fails with a clear ``StoreError`` (ENOSPC), never a
+SIGBUS on first touch, and the page allocation runs in the parallel writers, not serially up front. A writer restarted on a
 store resumes: pieces whose byte is set are not fetched again (re-hashed first when
 ``verify_on_resume``).
 
@@ -56,6 +58,10 @@ class ModelBuffer:
         self._maps: dict[str, mmap.mmap] = {}
         self._fds: list[int] = []
         self._locked: list[tuple[int, int]] = []
+        self._file_fds: dict[str, int] = {}
+        self._addrs: dict[str, int] = {}
+        self._mlock_mode = "off"
+        self._mlock_failed = False
         self._lock_fd: int | None = None
         self._bitmap: mmap.mmap | None = None
         self._digests: mmap.mmap | None = None
@@ -101,18 +107,18 @@ class ModelBuffer:
             except OSError as exc:
                 raise _store_error(exc, path) from exc
             self._fds.append(fd)
+            self._file_fds[f.path] = fd
             if os.fstat(fd).st_size != f.size:
                 os.ftruncate(fd, f.size)
             if f.size == 0:
                 continue
-            try:
-                os.posix_fallocate(fd, 0, f.size)
-            except OSError as exc:
-                raise _store_error(exc, path) from exc
             mm = mmap.mmap(fd, f.size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
             self._maps[f.path] = mm
-            if mlock != "off":
-                self._mlock(mm, f.size, strict=mlock == "on")
+            anchor = ctypes.c_char.from_buffer(mm)
+            self._addrs[f.path] = ctypes.addressof(anchor)
+            del anchor  # release the buffer export so the mapping can close
+        self._mlock_mode = mlock
+        self._check_space()
         if verify_on_resume:
             self._verify_present()
 
@@ -132,18 +138,41 @@ class ModelBuffer:
             raise _store_error(exc, path) from exc
         return mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
 
-    def _mlock(self, mm: mmap.mmap, size: int, strict: bool) -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        anchor = ctypes.c_char.from_buffer(mm)
-        addr = ctypes.addressof(anchor)
-        del anchor  # release the buffer export so the mapping can close
+    def _check_space(self) -> None:
+        """Fail at once, not half-way, when the store cannot hold what is still missing."""
+        need = sum(self.manifest.pieces[i].length for i in self.missing())
+        st = os.statvfs(self.dir)
+        free = st.f_bavail * st.f_frsize
+        if need > free:
+            raise StoreError(f"{self.dir}: no space left in the store: {need} bytes needed, {free} free",
+                             path=str(self.dir), errno_=errno.ENOSPC)
+
+    def writable_piece(self, index: int) -> memoryview:
+        """``piece_view`` for a writer: the piece's pages reserved (and locked) first."""
+        p = self.manifest.pieces[index]
+        try:
+            os.posix_fallocate(self._file_fds[p.file], p.offset, p.length)
+        except OSError as exc:
+            raise _store_error(exc, self.dir / p.file) from exc
+        if self._mlock_mode != "off" and not self._mlock_failed:
+            self._mlock(self._addrs[p.file] + p.offset, p.length, strict=self._mlock_mode == "on")
+        return self.piece_view(index)
+
+    _libc = None
+
+    def _mlock(self, addr: int, size: int, strict: bool) -> None:
+        libc = ModelBuffer._libc or ctypes.CDLL(None, use_errno=True)
+        ModelBuffer._libc = libc
         if libc.mlock(ctypes.c_void_p(addr), ctypes.c_size_t(size)) != 0:
             err = ctypes.get_errno()
             if strict:
                 raise StoreError(f"mlock of {size} bytes failed: {os.strerror(err)}", errno_=err)
-            log.debug("mlock of %d bytes not allowed (%s); carrying on unlocked", size, os.strerror(err))
+            log.debug("mlock not allowed (%s); carrying on unlocked", os.strerror(err))
+            self._mlock_failed = True
             return
-        self._locked.append((addr, size))
+        with self._mutex:
+            if not self._locked:
+                self._locked = [(self._addrs[f], len(mm)) for f, mm in self._maps.items()]
 
     def _verify_present(self) -> None:
         """Re-hash pieces recorded as present; clear the ones that do not match."""
