@@ -26,6 +26,7 @@ import argparse
 import gc
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -40,6 +41,18 @@ def run_cat(path: Path) -> float:
     t0 = time.perf_counter()
     subprocess.run(f"cat {shlex.quote(str(path))} > /dev/null", shell=True, check=True)
     return time.perf_counter() - t0
+
+
+def run_cp(path: Path, root: str) -> float:
+    """``cp FILE <store root>``: the same page-cache read plus allocating and filling tmpfs pages,
+    i.e. the floor for any copy into a fresh shared-memory store (no hashing)."""
+    dest = Path(tempfile.mkdtemp(prefix="modeldist-bench-cp-", dir=root)) / "x"
+    try:
+        t0 = time.perf_counter()
+        subprocess.run(["cp", str(path), str(dest)], check=True)
+        return time.perf_counter() - t0
+    finally:
+        shutil.rmtree(dest.parent, ignore_errors=True)
 
 
 def run_stage(path: Path, concurrency: int, size: int, root: str) -> float:
@@ -149,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         for c, root in stage_runs.values():
             run_stage(path, c, size, root)
 
-        names = ["cat", *stage_runs]
+        names = ["cat", "cp", *stage_runs]
         raw: dict[str, list[float]] = {n: [] for n in names}
         for rep in range(args.repeat):
             k = rep % len(names)
@@ -157,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
                 gc.collect()
                 if name == "cat":
                     raw[name].append(run_cat(path))
+                elif name == "cp":
+                    raw[name].append(run_cp(path, roots[0]))
                 else:
                     c, root = stage_runs[name]
                     raw[name].append(run_stage(path, c, size, root))
@@ -168,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         ratios = {}
         for n in stage_runs:
             ratios[n] = {"throughput_modeldist_over_cat": med_bps[n] / med_bps["cat"],
+                         "throughput_modeldist_over_cp_to_store": med_bps[n] / med_bps["cp"],
                          "paired_median": C.median([ct / m for ct, m in zip(raw["cat"], raw[n])])}
             if n.endswith(tuple(tag(k) for k in range(1, len(roots)))):
                 base = n.rsplit("_root", 1)[0]
@@ -211,7 +227,9 @@ def main(argv: list[str] | None = None) -> int:
 
         print()
         print(f"file {C.human_bytes(size)}, medians of {args.repeat}; nproc {os.cpu_count()}")
-        rows = [["cat > /dev/null", C.human_s(med_s["cat"]), C.human_rate(med_bps["cat"]), "1.00", "1.00"]]
+        rows = [["cat > /dev/null", C.human_s(med_s["cat"]), C.human_rate(med_bps["cat"]), "1.00", "1.00"],
+                ["cp to store root", C.human_s(med_s["cp"]), C.human_rate(med_bps["cp"]),
+                 f"{med_bps['cp'] / med_bps['cat']:.2f}", "-"]]
         for n, (c, root) in stage_runs.items():
             label = f"modeldist stage c={c}" + (f" [{root}]" if len(roots) > 1 else "")
             rows.append([label, C.human_s(med_s[n]), C.human_rate(med_bps[n]),
