@@ -42,7 +42,7 @@ class NodeInfo:
     def __post_init__(self) -> None:
         if not self.node_id:
             raise PlanError("node_id must not be empty")
-        if self.upload_bps < 0 or self.download_bps < 0 or not math.isfinite(self.upload_bps):
+        if not (0 <= self.upload_bps < math.inf and 0 <= self.download_bps < math.inf):  # NaN fails too
             raise PlanError(f"{self.node_id}: bandwidth must be a finite number >= 0")
 
 
@@ -139,16 +139,23 @@ def plan_broadcast(nodes: Iterable[NodeInfo], *, stripes: int | None = None, fan
     ids = [n.node_id for n in ordered]
     if len(set(ids)) != len(ids):
         raise PlanError("duplicate node ids")
-    k = stripes or default_stripes(len(ordered))
+    k = default_stripes(len(ordered)) if stripes is None else stripes
     if k < 1:
         raise PlanError("stripes must be >= 1")
-    f = fanout or max(2, k)
+    f = max(2, k) if fanout is None else fanout
+    if f < 1:
+        raise PlanError("fanout must be >= 1")
     slots = _slots(ordered, f)
     home: dict[str, int | None] = {}
     members: list[list[NodeInfo]] = [[] for _ in range(k)]
-    for j, n in enumerate(ordered):  # fastest first, dealt round-robin: every stripe gets a similar mix
-        home[n.node_id] = j % k
-        members[j % k].append(n)
+    in_zone: list[dict[str, int]] = [{} for _ in range(k)]
+    for n in ordered:  # fastest first, dealt in rounds of k: every stripe gets a similar speed mix;
+        # within a round, stripes with fewer forwarders in the node's zone first, so every stripe has
+        # forwarders in every zone and leaves find a parent in their own zone
+        s = min(range(k), key=lambda i: (len(members[i]), in_zone[i].get(n.zone, 0), i))
+        home[n.node_id] = s
+        members[s].append(n)
+        in_zone[s][n.zone] = in_zone[s].get(n.zone, 0) + 1
     complete = [n for n in ordered if n.complete]
     trees = []
     for s in range(k):
@@ -189,16 +196,50 @@ def remove_node(plan: BroadcastPlan, node_id: str) -> BroadcastPlan:
         forwarding = sorted((c for c in orphans if home.get(c) == t.stripe), key=lambda c: (-_up(nodes[c]), c))
         rest = [c for c in orphans if home.get(c) != t.stripe]
         if gp is not None:
-            load = sum(1 for p in parent.values() if p == gp)
-            leaf_kids = sorted((c for c, p in parent.items() if p == gp and home.get(c) != t.stripe), reverse=True)
+            kids_of: dict[str, list[str]] = {}
+            for c, p in parent.items():
+                kids_of.setdefault(p, []).append(c)
+
+            def cap(x: str) -> int:
+                return plan.slots.get(x, 1)
+
+            def leaf_kid(x: str) -> str | None:
+                leaves = [c for c in kids_of.get(x, ()) if home.get(c) != t.stripe]
+                return min(leaves) if leaves else None
+
+            def adopt(x: str, c: str) -> None:
+                parent[c] = x
+                kids_of.setdefault(x, []).append(c)
+                if len(kids_of[x]) > cap(x) and (ev := leaf_kid(x)) is not None:
+                    parent.pop(ev)
+                    kids_of[x].remove(ev)
+                    rest.append(ev)
+
+            def rank(x: str) -> tuple:  # room first, then a leaf to push down, then the least loaded
+                n = len(kids_of.get(x, ()))
+                return (0 if n < cap(x) else 1 if leaf_kid(x) is not None else 2, (n + 1) / cap(x), x)
+
+            promoted = root != t.root
+            own = [] if not promoted else sorted(
+                (c for c in kids_of.get(gp, ()) if home.get(c) == t.stripe), key=lambda c: (_up(nodes[c]), c))
+            placed: list[str] = []
             for c in forwarding:
-                parent[c] = gp
-                load += 1
-                if load > plan.slots.get(gp, 1) and leaf_kids:
-                    evicted = leaf_kids.pop()
-                    parent.pop(evicted)
-                    rest.append(evicted)
-                    load -= 1
+                if promoted or len(kids_of.get(gp, ())) < cap(gp) or leaf_kid(gp) is not None:
+                    adopt(gp, c)
+                    placed.append(c)
+                    continue
+                # gp is full of forwarders: c goes one level down, under a forwarding child of gp (room
+                # first): it keeps the depth it had under the dead node, and no single uplink takes
+                # all the dead node's children
+                sibs = [x for x in kids_of.get(gp, ()) if home.get(x) == t.stripe]
+                adopt(min(sibs, key=rank) if sibs else gp, c)
+            # a promoted root keeps the dead root's children one level under the origin; if that puts
+            # it over its slots, its own former children (slowest first) move under them: they keep
+            # their depth (two), and the root's uplink stays within its slots
+            while promoted and placed and own and len(kids_of[gp]) > cap(gp):
+                x = own.pop(0)
+                kids_of[gp].remove(x)
+                adopt(min(placed, key=rank), x)
             forwarding = []
         tree = StripeTree(t.stripe, root, parent)
         trees.append(_attach(tree, forwarding + rest, nodes, home, plan.slots))
@@ -219,11 +260,11 @@ def add_node(plan: BroadcastPlan, node: NodeInfo) -> BroadcastPlan:
 
 
 def _order(nodes: Iterable[NodeInfo]) -> list[NodeInfo]:
-    return sorted(nodes, key=lambda n: (-_up_raw(n), n.node_id))
-
-
-def _up_raw(n: NodeInfo) -> float:
-    return n.upload_bps
+    nodes = list(nodes)
+    known = [n.upload_bps for n in nodes if n.upload_bps > 0]
+    med = median(known) if known else 0.0
+    # 0 = unknown: counted as the median, as in _slots (not as the slowest)
+    return sorted(nodes, key=lambda n: (-(n.upload_bps or med), n.node_id))
 
 
 def _up(n: NodeInfo) -> float:
@@ -340,7 +381,7 @@ def _attach(tree: StripeTree, new: Sequence[str], nodes: Mapping[str, NodeInfo],
         if choice is None:
             choice = pop_free(("all",))
         if choice is None:  # every forwarder is full: overflow onto the least loaded one
-            choice = min(forwarders, key=lambda x: (used.get(x, 0) / cap(x), depth.get(x, 0), x))
+            choice = min(forwarders, key=lambda x: ((used.get(x, 0) + 1) / cap(x), depth.get(x, 0), x))
         parent[nid] = choice
         used[choice] = used.get(choice, 0) + 1
         base = depth.get(choice, 0) + 1
