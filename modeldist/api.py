@@ -43,7 +43,25 @@ def _agent_socket(cfg: Config) -> Path | None:
     from .agent.daemon import local_socket_path
 
     path = local_socket_path(cfg)
-    return path if path.exists() else None
+    if path.exists():
+        return path
+    return _ray_agent_socket()
+
+
+def _ray_agent_socket() -> Path | None:
+    """Inside a Ray worker: the socket of this node's modeldist agent actor, if one runs."""
+    import sys
+
+    ray = sys.modules.get("ray")
+    if ray is None or not getattr(ray, "is_initialized", lambda: False)():
+        return None
+    from .ray import ray_agent_socket
+
+    try:
+        link = ray_agent_socket(ray.get_runtime_context().get_node_id())
+    except Exception:  # noqa: BLE001 - not in a worker, or an old ray: no agent lookup
+        return None
+    return link if link.exists() else None
 
 
 def _stage(source: str | os.PathLike, cfg: Config, *, revision: str | None, allow_patterns: Patterns,
