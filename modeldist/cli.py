@@ -52,6 +52,16 @@ def _progress() -> Progress:
                     disable=not err_console.is_terminal)
 
 
+TLS_CERT = typer.Option(None, "--tls-cert", help="TLS certificate (PEM) of this process.")
+TLS_KEY = typer.Option(None, "--tls-key", help="TLS private key (PEM).")
+TLS_CA = typer.Option(None, "--tls-ca", help="CA (PEM) to trust; on the scheduler it requires client certificates.")
+TOKEN_FILE = typer.Option(None, "--token-file", help="File with the cluster token every gRPC call carries.")
+
+
+def _secure(**kw) -> Config:
+    return Config.load(**kw)
+
+
 def _config(store: Optional[str], piece_size: Optional[str], concurrency: Optional[int] = None) -> Config:
     return Config.load(store=store, piece_size=parse_size(piece_size) if piece_size else None,
                        concurrency=concurrency)
@@ -122,7 +132,9 @@ def stage(source: str = typer.Argument(..., help="hf://org/name[@rev], a folder 
           all_nodes: bool = typer.Option(False, "--all", help="Stage on every registered agent (swarm)."),
           allow: Optional[list[str]] = typer.Option(None, help="Only files matching this glob (repeatable)."),
           piece_size: Optional[str] = typer.Option(None, help="Piece size, e.g. 4MiB (default: automatic)."),
-          concurrency: Optional[int] = typer.Option(None, help="Parallel origin reads.")) -> None:
+          concurrency: Optional[int] = typer.Option(None, help="Parallel origin reads."),
+          tls_cert: Optional[str] = TLS_CERT, tls_key: Optional[str] = TLS_KEY, tls_ca: Optional[str] = TLS_CA,
+          token_file: Optional[str] = TOKEN_FILE) -> None:
     """Pre-stage a model into this node's store, or with --scheduler --all on every agent."""
     if all_nodes or scheduler:
         if not scheduler:
@@ -132,7 +144,8 @@ def stage(source: str = typer.Argument(..., help="hf://org/name[@rev], a folder 
         from .cluster import stage_all
 
         stage_all(scheduler, source, revision=revision, allow=allow, piece_size=parse_size(piece_size)
-                  if piece_size else 0, console=console, progress=_progress())
+                  if piece_size else 0, console=console, progress=_progress(),
+                  config=_secure(tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca, token_file=token_file))
         return
     cfg = _config(to, piece_size, concurrency)
     staged = _stage_with_progress(source, cfg, revision=revision, allow=allow)
@@ -148,7 +161,9 @@ def stage(source: str = typer.Argument(..., help="hf://org/name[@rev], a folder 
 @app.command()
 def scheduler(listen: str = typer.Option("127.0.0.1:7070", help="Address to serve gRPC on."),
               metrics_port: Optional[int] = typer.Option(None, help="Serve /metrics on this port."),
-              dead_after: float = typer.Option(5.0, help="Seconds of silence before a node is declared dead.")) -> None:
+              dead_after: float = typer.Option(5.0, help="Seconds of silence before a node is declared dead."),
+              tls_cert: Optional[str] = TLS_CERT, tls_key: Optional[str] = TLS_KEY, tls_ca: Optional[str] = TLS_CA,
+              token_file: Optional[str] = TOKEN_FILE) -> None:
     """Run the scheduler (plans broadcasts, tracks progress, repairs on failure)."""
     import asyncio
 
@@ -157,7 +172,8 @@ def scheduler(listen: str = typer.Option("127.0.0.1:7070", help="Address to serv
 
     if metrics_port is not None:
         metrics.serve(metrics_port)
-    asyncio.run(serve(listen, config=Config.load(), dead_after=dead_after,
+    cfg = _secure(tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca, token_file=token_file)
+    asyncio.run(serve(listen, config=cfg, dead_after=dead_after,
                       ready=lambda a: err_console.print(f"scheduler listening on {a}")))
 
 
@@ -172,7 +188,9 @@ def agent(scheduler: str = typer.Option(..., help="Scheduler address host:port."
           upload_bps: float = typer.Option(0.0, help="Upload bandwidth estimate, bytes/s (0 = unknown)."),
           metrics_port: Optional[int] = typer.Option(None, help="Serve /metrics on this port."),
           rdma: str = typer.Option("off", help="auto|on|off (the RDMA transport lands with its own issue)."),
-          stall_timeout: float = typer.Option(30.0, help="Seconds without data before a parent counts as stalled.")) -> None:
+          stall_timeout: float = typer.Option(30.0, help="Seconds without data before a parent counts as stalled."),
+          tls_cert: Optional[str] = TLS_CERT, tls_key: Optional[str] = TLS_KEY, tls_ca: Optional[str] = TLS_CA,
+          token_file: Optional[str] = TOKEN_FILE) -> None:
     """Run this node's agent: fetch what the plan says, serve children, share the store locally."""
     import asyncio
 
@@ -185,18 +203,22 @@ def agent(scheduler: str = typer.Option(..., help="Scheduler address host:port."
         metrics.serve(metrics_port)
     labels = {k: v for k, v in (("zone", zone), ("rack", rack)) if v}
     a = Agent(scheduler=scheduler, listen=listen, advertise=advertise, node_id=node_id,
-              config=Config.load(store=store), labels=labels, upload_bps=upload_bps, stall_timeout=stall_timeout)
+              config=_secure(store=store, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca, token_file=token_file),
+              labels=labels, upload_bps=upload_bps, stall_timeout=stall_timeout)
     asyncio.run(a.run(ready=lambda ag: err_console.print(f"agent {ag.node_id} serving on {ag.data_addr}")))
 
 
 @app.command()
 def status(scheduler: str = typer.Option(..., help="Scheduler address host:port."),
            model: Optional[str] = typer.Option(None, help="Only this model digest."),
-           as_json: bool = typer.Option(False, "--json", help="Print as JSON.")) -> None:
+           as_json: bool = typer.Option(False, "--json", help="Print as JSON."),
+           tls_cert: Optional[str] = TLS_CERT, tls_key: Optional[str] = TLS_KEY, tls_ca: Optional[str] = TLS_CA,
+           token_file: Optional[str] = TOKEN_FILE) -> None:
     """Nodes, models, progress, rates and who feeds whom."""
     from .cluster import print_status
 
-    print_status(scheduler, model=model, console=console, as_json=as_json)
+    print_status(scheduler, model=model, console=console, as_json=as_json,
+                 config=_secure(tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca, token_file=token_file))
 
 
 @app.command()

@@ -53,14 +53,22 @@ class ClusterStatus:
     models: list
 
 
-def _stub(address: str):
-    channel = grpc.insecure_channel(address, options=GRPC_OPTIONS)
-    return channel, pb_grpc.SchedulerStub(channel)
+def _stub(address: str, config=None):
+    from .config import Config
+    from .security import call_metadata, open_channel
+
+    cfg = config or Config.load()
+    channel = open_channel(address, cfg, aio=False, options=GRPC_OPTIONS)
+    return channel, pb_grpc.SchedulerStub(channel), call_metadata(cfg)
 
 
 def _rpc_error(address: str, exc: grpc.RpcError) -> ModelDistError:
     code = exc.code() if hasattr(exc, "code") else None
     detail = exc.details() if hasattr(exc, "details") else str(exc)
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        from .errors import AuthError
+
+        return AuthError(f"scheduler {address} refused the call: {detail}")
     if code == grpc.StatusCode.UNAVAILABLE:
         return ModelDistError(f"scheduler {address} unreachable: {detail}")
     if code == grpc.StatusCode.INVALID_ARGUMENT and detail.startswith("OriginError"):
@@ -68,10 +76,10 @@ def _rpc_error(address: str, exc: grpc.RpcError) -> ModelDistError:
     return ModelDistError(f"scheduler {address}: {detail}")
 
 
-def get_status(address: str, model: str = "", timeout: float = 10) -> ClusterStatus:
-    channel, stub = _stub(address)
+def get_status(address: str, model: str = "", timeout: float = 10, *, config=None) -> ClusterStatus:
+    channel, stub, md = _stub(address, config)
     try:
-        r = stub.Status(pb.StatusRequest(model=model), timeout=timeout)
+        r = stub.Status(pb.StatusRequest(model=model), timeout=timeout, metadata=md)
     except grpc.RpcError as exc:
         raise _rpc_error(address, exc) from None
     finally:
@@ -88,12 +96,12 @@ def get_status(address: str, model: str = "", timeout: float = 10) -> ClusterSta
 
 
 def start_stage(address: str, source: str, *, revision: str | None = None, allow=None, piece_size: int = 0,
-                nodes=None, timeout: float = 120) -> tuple[str, int, int]:
+                nodes=None, timeout: float = 120, config=None) -> tuple[str, int, int]:
     """Ask the scheduler to broadcast ``source``; returns (model digest, nodes, total bytes)."""
-    channel, stub = _stub(address)
+    channel, stub, md = _stub(address, config)
     try:
         r = stub.Stage(pb.StageRequest(source=source, revision=revision or "", allow_patterns=allow or [],
-                                       piece_size=piece_size, nodes=nodes or []), timeout=timeout)
+                                       piece_size=piece_size, nodes=nodes or []), timeout=timeout, metadata=md)
     except grpc.RpcError as exc:
         raise _rpc_error(address, exc) from None
     finally:
@@ -101,11 +109,12 @@ def start_stage(address: str, source: str, *, revision: str | None = None, allow
     return r.model, r.nodes, r.total_bytes
 
 
-def wait_model(address: str, model: str, *, timeout: float = 3600, on_update=None, poll: float = 0.2) -> ModelRow:
+def wait_model(address: str, model: str, *, timeout: float = 3600, on_update=None, poll: float = 0.2,
+               config=None) -> ModelRow:
     """Poll until every live node of ``model`` is complete (or failed/dead); return the last status."""
     deadline = time.monotonic() + timeout
     while True:
-        st = get_status(address, model)
+        st = get_status(address, model, config=config)
         row = next((m for m in st.models if m.model == model), None)
         if row is None:
             raise ModelDistError(f"scheduler does not know model {model[:12]}")
@@ -143,8 +152,9 @@ def node_table(row: ModelRow, title: str = ""):
 
 
 def stage_all(address: str, source: str, *, revision=None, allow=None, piece_size: int = 0, console=None,
-              progress=None, timeout: float = 3600) -> ModelRow:
-    model, n_nodes, total = start_stage(address, source, revision=revision, allow=allow, piece_size=piece_size)
+              progress=None, timeout: float = 3600, config=None) -> ModelRow:
+    model, n_nodes, total = start_stage(address, source, revision=revision, allow=allow, piece_size=piece_size,
+                                        config=config)
     if progress is not None:
         with progress:
             task = progress.add_task(f"{n_nodes} nodes", total=total * n_nodes)
@@ -153,9 +163,9 @@ def stage_all(address: str, source: str, *, revision=None, allow=None, piece_siz
                 progress.update(task, completed=sum(min(total, n.origin_bytes + n.peer_bytes) if not n.complete
                                                     else total for n in row.nodes), total=total * len(row.nodes))
 
-            row = wait_model(address, model, timeout=timeout, on_update=update)
+            row = wait_model(address, model, timeout=timeout, on_update=update, config=config)
     else:
-        row = wait_model(address, model, timeout=timeout)
+        row = wait_model(address, model, timeout=timeout, config=config)
     if console is not None:
         console.print(node_table(row))
         origin = sum(n.origin_bytes for n in row.nodes)
@@ -166,8 +176,9 @@ def stage_all(address: str, source: str, *, revision=None, allow=None, piece_siz
     return row
 
 
-def print_status(address: str, *, model: str | None = None, console=None, as_json: bool = False) -> None:
-    st = get_status(address, model or "")
+def print_status(address: str, *, model: str | None = None, console=None, as_json: bool = False,
+                 config=None) -> None:
+    st = get_status(address, model or "", config=config)
     if as_json:
         print(json.dumps({"nodes": [dict(zip(("node_id", "data_addr", "alive", "last_seen_s"), n)) for n in st.nodes],
                           "models": [asdict(m) for m in st.models]}, indent=2))

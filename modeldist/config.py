@@ -71,6 +71,13 @@ class Config:
     agent: str | None = None
     #: Hugging Face token; None = huggingface_hub's own lookup (HF_TOKEN, token file).
     hf_token: str | None = field(default=None, repr=False)
+    #: File holding the cluster token every gRPC call must carry (None = no token).
+    token_file: str | None = None
+    #: gRPC TLS: this process's certificate and key (PEM); a server with them serves TLS.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    #: CA (PEM) to trust; on a server it also demands client certificates (mutual TLS).
+    tls_ca: str | None = None
 
     def __post_init__(self) -> None:
         if self.piece_size is not None and not (4096 <= self.piece_size <= 1 << 30 and self.piece_size % 4096 == 0):

@@ -59,7 +59,7 @@ class LocalCluster:
     """
 
     def __init__(self, workdir: Path, peers: int, *, dead_after: float = 3.0, agent_args: list[str] | None = None,
-                 env: dict | None = None, piece_size: str | None = None):
+                 env: dict | None = None, piece_size: str | None = None, token: bool = False):
         self.workdir = Path(workdir)
         self.peers = peers
         self.dead_after = dead_after
@@ -68,6 +68,19 @@ class LocalCluster:
         if piece_size:
             self.env["MODELDIST_PIECE_SIZE"] = piece_size
         self.address = f"127.0.0.1:{free_port()}"
+        from .config import Config
+
+        self.client_config = Config.load()
+        if token:
+            # a random cluster token per run: every gRPC call of the cluster must carry it
+            import secrets
+
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            path = self.workdir / "token"
+            path.write_text(secrets.token_urlsafe(32))
+            path.chmod(0o600)
+            self.env["MODELDIST_TOKEN_FILE"] = str(path)
+            self.client_config = Config.load(token_file=str(path))
         self.scheduler: subprocess.Popen | None = None
         self.agents: dict[str, subprocess.Popen] = {}
         self.logs = self.workdir / "logs"
@@ -98,7 +111,7 @@ class LocalCluster:
         deadline = time.monotonic() + timeout
         while True:
             try:
-                st = get_status(self.address, timeout=2)
+                st = get_status(self.address, timeout=2, config=self.client_config)
                 if sum(1 for node in st.nodes if node[2]) >= n:
                     return
             except ModelDistError:
@@ -178,9 +191,10 @@ def run_demo(*, peers: int, source: str | None, piece_size: str | None, size: in
             source = str(origin_dir)
         origin_dir = Path(source)
         console.print(f"starting a scheduler and {peers} agents on loopback (logs in {work / 'logs'}) ...")
-        with LocalCluster(work, peers, piece_size=piece_size) as cluster:
+        with LocalCluster(work, peers, piece_size=piece_size, token=True) as cluster:
             t0 = time.monotonic()
-            row = stage_all(cluster.address, os.path.abspath(source), console=None, progress=progress)
+            row = stage_all(cluster.address, os.path.abspath(source), console=None, progress=progress,
+                            config=cluster.client_config)
             elapsed = time.monotonic() - t0
             console.print(node_table(row, title=f"broadcast of {_human(row.total_bytes)} to {peers} agents"))
             bad = {}

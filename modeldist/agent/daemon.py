@@ -13,7 +13,6 @@ Must not: block the event loop on I/O (store and origin work goes to the executo
 from __future__ import annotations
 
 import asyncio
-import hmac
 import json
 import logging
 import os
@@ -28,6 +27,7 @@ from ..errors import AuthError, ManifestError, ModelDistError, TransportError
 from ..manifest import Manifest
 from ..proto import pb, pb_grpc
 from ..scheduler.service import GRPC_OPTIONS
+from ..security import call_metadata, check_ticket, open_channel
 from ..store import Store
 from ..transport.base import Hello, get_transport
 from .job import Job, ParentRef
@@ -62,6 +62,7 @@ class Agent:
         self.data_addr = ""
         self._heartbeat = 1.0
         self._stopping = asyncio.Event()
+        self._md = call_metadata(self.config)
 
     @property
     def node_id(self) -> str:
@@ -73,8 +74,7 @@ class Agent:
         job = self.jobs.get(hello.model)
         if job is None:
             raise TransportError(f"this node has no job for model {hello.model[:12]}", peer=peer)
-        if not hmac.compare_digest(hello.token, job.token):
-            raise AuthError(f"bad session token from {hello.node_id} ({peer})")
+        check_ticket(job.key, hello.token, hello.node_id, hello.model)  # AuthError: refused before any payload
         return job
 
     # --- control plane -------------------------------------------------------------------
@@ -89,13 +89,13 @@ class Agent:
         backoff = 0.2
         try:
             while not self._stopping.is_set():
-                channel = grpc.aio.insecure_channel(self.scheduler, options=GRPC_OPTIONS)
+                channel = open_channel(self.scheduler, self.config, aio=True, options=GRPC_OPTIONS)
                 try:
                     stub = pb_grpc.SchedulerStub(channel)
                     spec = pb.NodeSpec(node_id=self.node_id, data_addr=self.data_addr, upload_bps=self.upload_bps,
                                        download_bps=self.download_bps, labels=self.labels,
                                        transports=[self.transport_name])
-                    reply = await stub.Register(pb.RegisterRequest(node=spec), timeout=10)
+                    reply = await stub.Register(pb.RegisterRequest(node=spec), timeout=10, metadata=self._md)
                     self._heartbeat = reply.heartbeat_s or 1.0
                     log.info("registered with %s as %s (data %s)", self.scheduler, self.node_id, self.data_addr)
                     if not announced and ready is not None:
@@ -136,7 +136,7 @@ class Agent:
             job.close()
 
     async def _join(self, stub, loop) -> None:
-        async for upd in stub.Join(pb.JoinRequest(node_id=self.node_id)):
+        async for upd in stub.Join(pb.JoinRequest(node_id=self.node_id), metadata=self._md):
             kind = upd.WhichOneof("kind")
             if kind == "assignment":
                 try:
@@ -162,12 +162,14 @@ class Agent:
             if manifest.digest != a.model:
                 raise ManifestError("assignment manifest does not match its model digest")
             job = Job(node_id=self.node_id, manifest=manifest, source=a.source, revision=a.revision,
-                      token=bytes(a.session_token), stripes=a.stripes, store=self.store, config=self.config,
+                      key=bytes(a.session_key), ticket=bytes(a.ticket), stripes=a.stripes, store=self.store, config=self.config,
                       transport=self.transport_name, stall_timeout=self.stall_timeout)
             self.jobs[a.model] = job
             self.epochs[a.model] = -1
         if a.epoch < self.epochs.get(a.model, -1):
             return  # an older plan overtaken by a newer one
+        if a.ticket:
+            job.ticket = bytes(a.ticket)  # re-issued before the old one expires
         self.epochs[a.model] = a.epoch
         parents = [ParentRef() if p.origin else ParentRef(p.node_id, p.data_addr)
                    for p in sorted(a.parents, key=lambda p: p.stripe)]
@@ -192,7 +194,7 @@ class Agent:
                     last_beat = now
                 await asyncio.sleep(REPORT_EVERY)
 
-        await stub.Report(reports())
+        await stub.Report(reports(), metadata=self._md)
 
     # --- local socket for load() on this node ---------------------------------------------
 
@@ -228,11 +230,12 @@ class Agent:
 
     async def stage_here(self, source: str, *, revision=None, allow_patterns=None, timeout: float = 3600) -> dict:
         """Join (or start) the broadcast of ``source`` for this node and wait until it is complete."""
-        async with grpc.aio.insecure_channel(self.scheduler, options=GRPC_OPTIONS) as channel:
+        async with open_channel(self.scheduler, self.config, aio=True, options=GRPC_OPTIONS) as channel:
             stub = pb_grpc.SchedulerStub(channel)
             reply = await stub.Stage(pb.StageRequest(source=source, revision=revision or "",
                                                      allow_patterns=allow_patterns or [], nodes=[self.node_id],
-                                                     piece_size=self.config.piece_size or 0), timeout=120)
+                                                     piece_size=self.config.piece_size or 0), timeout=120,
+                                     metadata=self._md)
         deadline = time.monotonic() + timeout
         loop = asyncio.get_running_loop()
         while reply.model not in self.jobs:

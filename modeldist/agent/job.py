@@ -59,14 +59,16 @@ class Counters:
 
 
 class Job:
-    def __init__(self, *, node_id: str, manifest: Manifest, source: str, revision: str | None, token: bytes,
+    def __init__(self, *, node_id: str, manifest: Manifest, source: str, revision: str | None, key: bytes,
+                 ticket: bytes,
                  stripes: int, store: Store, config: Config, transport: str = "tcp", stall_timeout: float = 30.0):
         self.node_id = node_id
         self.manifest = manifest
         self.model = manifest.digest
         self.source = source
         self.revision = revision or None
-        self.token = token
+        self.key = key          # checks children's tickets
+        self.ticket = ticket    # presented to parents
         self.k = stripes
         self.config = config
         self.transport = get_transport(transport)
@@ -385,7 +387,7 @@ class _Fetcher:
         """Receive on this thread, verify and commit on a second one (blake3 releases the GIL), so
         the socket keeps draining while the previous piece is hashed."""
         job = self.job
-        hello = Hello(job.model, job.token, job.node_id)
+        hello = Hello(job.model, job.ticket, job.node_id)
         session = job.transport.connect(self.ref.addr, hello, timeout=job.stall_timeout)
         self._session = session
         checks: "queue.Queue[tuple[int, float] | None]" = queue.Queue(maxsize=64)

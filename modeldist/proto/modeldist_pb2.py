@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fmodeldist/proto/modeldist.proto\x12\x0cmodeldist.v1\"\xcf\x01\n\x08NodeSpec\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\tdata_addr\x18\x02 \x01(\t\x12\x12\n\nupload_bps\x18\x03 \x01(\x01\x12\x14\n\x0c\x64ownload_bps\x18\x04 \x01(\x01\x12\x32\n\x06labels\x18\x05 \x03(\x0b\x32\".modeldist.v1.NodeSpec.LabelsEntry\x12\x12\n\ntransports\x18\x06 \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"7\n\x0fRegisterRequest\x12$\n\x04node\x18\x01 \x01(\x0b\x32\x16.modeldist.v1.NodeSpec\"K\n\rRegisterReply\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x13\n\x0bheartbeat_s\x18\x02 \x01(\x01\x12\x14\n\x0c\x64\x65\x61\x64_after_s\x18\x03 \x01(\x01\"\x1e\n\x0bJoinRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"L\n\x06Parent\x12\x0e\n\x06stripe\x18\x01 \x01(\r\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x11\n\tdata_addr\x18\x03 \x01(\t\x12\x0e\n\x06origin\x18\x04 \x01(\x08\"\xc4\x01\n\nAssignment\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmanifest_json\x18\x02 \x01(\x0c\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x10\n\x08revision\x18\x04 \x01(\t\x12\x0f\n\x07stripes\x18\x05 \x01(\r\x12%\n\x07parents\x18\x06 \x03(\x0b\x32\x14.modeldist.v1.Parent\x12\x10\n\x08\x63hildren\x18\x07 \x03(\t\x12\x15\n\rsession_token\x18\x08 \x01(\x0c\x12\r\n\x05\x65poch\x18\t \x01(\x04\":\n\x07\x44igests\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07indices\x18\x02 \x03(\r\x12\x0f\n\x07\x64igests\x18\x03 \x01(\x0c\"\'\n\x06\x43\x61ncel\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x96\x01\n\nPlanUpdate\x12.\n\nassignment\x18\x01 \x01(\x0b\x32\x18.modeldist.v1.AssignmentH\x00\x12(\n\x07\x64igests\x18\x02 \x01(\x0b\x32\x15.modeldist.v1.DigestsH\x00\x12&\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x14.modeldist.v1.CancelH\x00\x42\x06\n\x04kind\"D\n\x07\x46\x61ilure\x12\x0c\n\x04peer\x18\x01 \x01(\t\x12\r\n\x05piece\x18\x02 \x01(\r\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"\x95\x03\n\x0eProgressReport\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0c\n\x04have\x18\x03 \x03(\r\x12&\n\x07\x64igests\x18\x04 \x01(\x0b\x32\x15.modeldist.v1.Digests\x12\'\n\x08\x66\x61ilures\x18\x05 \x03(\x0b\x32\x15.modeldist.v1.Failure\x12\x10\n\x08\x63omplete\x18\x06 \x01(\x08\x12\x19\n\x11\x62ytes_from_origin\x18\x07 \x01(\x04\x12\x18\n\x10\x62ytes_from_peers\x18\x08 \x01(\x04\x12N\n\x12\x62ytes_by_transport\x18\t \x03(\x0b\x32\x32.modeldist.v1.ProgressReport.BytesByTransportEntry\x12\x12\n\nbytes_sent\x18\n \x01(\x04\x12\r\n\x05\x65rror\x18\x0b \x01(\t\x12\x11\n\theartbeat\x18\x0c \x01(\x08\x1a\x37\n\x15\x42ytesByTransportEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\x0b\n\tReportAck\"k\n\x0cStageRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\x12\x16\n\x0e\x61llow_patterns\x18\x03 \x03(\t\x12\x12\n\npiece_size\x18\x04 \x01(\x04\x12\r\n\x05nodes\x18\x05 \x03(\t\"?\n\nStageReply\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05nodes\x18\x02 \x01(\r\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\"\x1e\n\rStatusRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\xfc\x02\n\x0cNodeProgress\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04have\x18\x02 \x01(\r\x12\x10\n\x08\x63omplete\x18\x03 \x01(\x08\x12\x10\n\x08rate_bps\x18\x04 \x01(\x01\x12%\n\x07parents\x18\x05 \x03(\x0b\x32\x14.modeldist.v1.Parent\x12\x19\n\x11\x62ytes_from_origin\x18\x06 \x01(\x04\x12\x18\n\x10\x62ytes_from_peers\x18\x07 \x01(\x04\x12\r\n\x05state\x18\x08 \x01(\t\x12\r\n\x05\x65rror\x18\t \x01(\t\x12L\n\x12\x62ytes_by_transport\x18\n \x03(\x0b\x32\x30.modeldist.v1.NodeProgress.BytesByTransportEntry\x12\x0f\n\x07seconds\x18\x0b \x01(\x01\x12\x17\n\x0freparented_from\x18\x0c \x03(\t\x1a\x37\n\x15\x42ytesByTransportEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\x9e\x01\n\x0bModelStatus\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12\x0e\n\x06pieces\x18\x04 \x01(\r\x12\x0f\n\x07stripes\x18\x05 \x01(\r\x12)\n\x05nodes\x18\x06 \x03(\x0b\x32\x1a.modeldist.v1.NodeProgress\x12\x0f\n\x07replans\x18\x07 \x01(\x04\"\xb9\x01\n\nNodeStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\tdata_addr\x18\x02 \x01(\t\x12\r\n\x05\x61live\x18\x03 \x01(\x08\x12\x13\n\x0blast_seen_s\x18\x04 \x01(\x01\x12\x34\n\x06labels\x18\x05 \x03(\x0b\x32$.modeldist.v1.NodeStatus.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"a\n\x0bStatusReply\x12\'\n\x05nodes\x18\x01 \x03(\x0b\x32\x18.modeldist.v1.NodeStatus\x12)\n\x06models\x18\x02 \x03(\x0b\x32\x19.modeldist.v1.ModelStatus2\xd6\x02\n\tScheduler\x12\x46\n\x08Register\x12\x1d.modeldist.v1.RegisterRequest\x1a\x1b.modeldist.v1.RegisterReply\x12=\n\x04Join\x12\x19.modeldist.v1.JoinRequest\x1a\x18.modeldist.v1.PlanUpdate0\x01\x12\x41\n\x06Report\x12\x1c.modeldist.v1.ProgressReport\x1a\x17.modeldist.v1.ReportAck(\x01\x12@\n\x06Status\x12\x1b.modeldist.v1.StatusRequest\x1a\x19.modeldist.v1.StatusReply\x12=\n\x05Stage\x12\x1a.modeldist.v1.StageRequest\x1a\x18.modeldist.v1.StageReplyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fmodeldist/proto/modeldist.proto\x12\x0cmodeldist.v1\"\xcf\x01\n\x08NodeSpec\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\tdata_addr\x18\x02 \x01(\t\x12\x12\n\nupload_bps\x18\x03 \x01(\x01\x12\x14\n\x0c\x64ownload_bps\x18\x04 \x01(\x01\x12\x32\n\x06labels\x18\x05 \x03(\x0b\x32\".modeldist.v1.NodeSpec.LabelsEntry\x12\x12\n\ntransports\x18\x06 \x03(\t\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"7\n\x0fRegisterRequest\x12$\n\x04node\x18\x01 \x01(\x0b\x32\x16.modeldist.v1.NodeSpec\"K\n\rRegisterReply\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x13\n\x0bheartbeat_s\x18\x02 \x01(\x01\x12\x14\n\x0c\x64\x65\x61\x64_after_s\x18\x03 \x01(\x01\"\x1e\n\x0bJoinRequest\x12\x0f\n\x07node_id\x18\x01 \x01(\t\"L\n\x06Parent\x12\x0e\n\x06stripe\x18\x01 \x01(\r\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x11\n\tdata_addr\x18\x03 \x01(\t\x12\x0e\n\x06origin\x18\x04 \x01(\x08\"\xd2\x01\n\nAssignment\x12\r\n\x05model\x18\x01 \x01(\t\x12\x15\n\rmanifest_json\x18\x02 \x01(\x0c\x12\x0e\n\x06source\x18\x03 \x01(\t\x12\x10\n\x08revision\x18\x04 \x01(\t\x12\x0f\n\x07stripes\x18\x05 \x01(\r\x12%\n\x07parents\x18\x06 \x03(\x0b\x32\x14.modeldist.v1.Parent\x12\x10\n\x08\x63hildren\x18\x07 \x03(\t\x12\x13\n\x0bsession_key\x18\x08 \x01(\x0c\x12\r\n\x05\x65poch\x18\t \x01(\x04\x12\x0e\n\x06ticket\x18\n \x01(\x0c\":\n\x07\x44igests\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07indices\x18\x02 \x03(\r\x12\x0f\n\x07\x64igests\x18\x03 \x01(\x0c\"\'\n\x06\x43\x61ncel\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\x96\x01\n\nPlanUpdate\x12.\n\nassignment\x18\x01 \x01(\x0b\x32\x18.modeldist.v1.AssignmentH\x00\x12(\n\x07\x64igests\x18\x02 \x01(\x0b\x32\x15.modeldist.v1.DigestsH\x00\x12&\n\x06\x63\x61ncel\x18\x03 \x01(\x0b\x32\x14.modeldist.v1.CancelH\x00\x42\x06\n\x04kind\"D\n\x07\x46\x61ilure\x12\x0c\n\x04peer\x18\x01 \x01(\t\x12\r\n\x05piece\x18\x02 \x01(\r\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\"\x95\x03\n\x0eProgressReport\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x0c\n\x04have\x18\x03 \x03(\r\x12&\n\x07\x64igests\x18\x04 \x01(\x0b\x32\x15.modeldist.v1.Digests\x12\'\n\x08\x66\x61ilures\x18\x05 \x03(\x0b\x32\x15.modeldist.v1.Failure\x12\x10\n\x08\x63omplete\x18\x06 \x01(\x08\x12\x19\n\x11\x62ytes_from_origin\x18\x07 \x01(\x04\x12\x18\n\x10\x62ytes_from_peers\x18\x08 \x01(\x04\x12N\n\x12\x62ytes_by_transport\x18\t \x03(\x0b\x32\x32.modeldist.v1.ProgressReport.BytesByTransportEntry\x12\x12\n\nbytes_sent\x18\n \x01(\x04\x12\r\n\x05\x65rror\x18\x0b \x01(\t\x12\x11\n\theartbeat\x18\x0c \x01(\x08\x1a\x37\n\x15\x42ytesByTransportEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\x0b\n\tReportAck\"k\n\x0cStageRequest\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x10\n\x08revision\x18\x02 \x01(\t\x12\x16\n\x0e\x61llow_patterns\x18\x03 \x03(\t\x12\x12\n\npiece_size\x18\x04 \x01(\x04\x12\r\n\x05nodes\x18\x05 \x03(\t\"?\n\nStageReply\x12\r\n\x05model\x18\x01 \x01(\t\x12\r\n\x05nodes\x18\x02 \x01(\r\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\"\x1e\n\rStatusRequest\x12\r\n\x05model\x18\x01 \x01(\t\"\xfc\x02\n\x0cNodeProgress\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0c\n\x04have\x18\x02 \x01(\r\x12\x10\n\x08\x63omplete\x18\x03 \x01(\x08\x12\x10\n\x08rate_bps\x18\x04 \x01(\x01\x12%\n\x07parents\x18\x05 \x03(\x0b\x32\x14.modeldist.v1.Parent\x12\x19\n\x11\x62ytes_from_origin\x18\x06 \x01(\x04\x12\x18\n\x10\x62ytes_from_peers\x18\x07 \x01(\x04\x12\r\n\x05state\x18\x08 \x01(\t\x12\r\n\x05\x65rror\x18\t \x01(\t\x12L\n\x12\x62ytes_by_transport\x18\n \x03(\x0b\x32\x30.modeldist.v1.NodeProgress.BytesByTransportEntry\x12\x0f\n\x07seconds\x18\x0b \x01(\x01\x12\x17\n\x0freparented_from\x18\x0c \x03(\t\x1a\x37\n\x15\x42ytesByTransportEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"\x9e\x01\n\x0bModelStatus\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0e\n\x06source\x18\x02 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x03 \x01(\x04\x12\x0e\n\x06pieces\x18\x04 \x01(\r\x12\x0f\n\x07stripes\x18\x05 \x01(\r\x12)\n\x05nodes\x18\x06 \x03(\x0b\x32\x1a.modeldist.v1.NodeProgress\x12\x0f\n\x07replans\x18\x07 \x01(\x04\"\xb9\x01\n\nNodeStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x11\n\tdata_addr\x18\x02 \x01(\t\x12\r\n\x05\x61live\x18\x03 \x01(\x08\x12\x13\n\x0blast_seen_s\x18\x04 \x01(\x01\x12\x34\n\x06labels\x18\x05 \x03(\x0b\x32$.modeldist.v1.NodeStatus.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"a\n\x0bStatusReply\x12\'\n\x05nodes\x18\x01 \x03(\x0b\x32\x18.modeldist.v1.NodeStatus\x12)\n\x06models\x18\x02 \x03(\x0b\x32\x19.modeldist.v1.ModelStatus2\xd6\x02\n\tScheduler\x12\x46\n\x08Register\x12\x1d.modeldist.v1.RegisterRequest\x1a\x1b.modeldist.v1.RegisterReply\x12=\n\x04Join\x12\x19.modeldist.v1.JoinRequest\x1a\x18.modeldist.v1.PlanUpdate0\x01\x12\x41\n\x06Report\x12\x1c.modeldist.v1.ProgressReport\x1a\x17.modeldist.v1.ReportAck(\x01\x12@\n\x06Status\x12\x1b.modeldist.v1.StatusRequest\x1a\x19.modeldist.v1.StatusReply\x12=\n\x05Stage\x12\x1a.modeldist.v1.StageRequest\x1a\x18.modeldist.v1.StageReplyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -52,39 +52,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PARENT']._serialized_start=425
   _globals['_PARENT']._serialized_end=501
   _globals['_ASSIGNMENT']._serialized_start=504
-  _globals['_ASSIGNMENT']._serialized_end=700
-  _globals['_DIGESTS']._serialized_start=702
-  _globals['_DIGESTS']._serialized_end=760
-  _globals['_CANCEL']._serialized_start=762
-  _globals['_CANCEL']._serialized_end=801
-  _globals['_PLANUPDATE']._serialized_start=804
-  _globals['_PLANUPDATE']._serialized_end=954
-  _globals['_FAILURE']._serialized_start=956
-  _globals['_FAILURE']._serialized_end=1024
-  _globals['_PROGRESSREPORT']._serialized_start=1027
-  _globals['_PROGRESSREPORT']._serialized_end=1432
-  _globals['_PROGRESSREPORT_BYTESBYTRANSPORTENTRY']._serialized_start=1377
-  _globals['_PROGRESSREPORT_BYTESBYTRANSPORTENTRY']._serialized_end=1432
-  _globals['_REPORTACK']._serialized_start=1434
-  _globals['_REPORTACK']._serialized_end=1445
-  _globals['_STAGEREQUEST']._serialized_start=1447
-  _globals['_STAGEREQUEST']._serialized_end=1554
-  _globals['_STAGEREPLY']._serialized_start=1556
-  _globals['_STAGEREPLY']._serialized_end=1619
-  _globals['_STATUSREQUEST']._serialized_start=1621
-  _globals['_STATUSREQUEST']._serialized_end=1651
-  _globals['_NODEPROGRESS']._serialized_start=1654
-  _globals['_NODEPROGRESS']._serialized_end=2034
-  _globals['_NODEPROGRESS_BYTESBYTRANSPORTENTRY']._serialized_start=1377
-  _globals['_NODEPROGRESS_BYTESBYTRANSPORTENTRY']._serialized_end=1432
-  _globals['_MODELSTATUS']._serialized_start=2037
-  _globals['_MODELSTATUS']._serialized_end=2195
-  _globals['_NODESTATUS']._serialized_start=2198
-  _globals['_NODESTATUS']._serialized_end=2383
+  _globals['_ASSIGNMENT']._serialized_end=714
+  _globals['_DIGESTS']._serialized_start=716
+  _globals['_DIGESTS']._serialized_end=774
+  _globals['_CANCEL']._serialized_start=776
+  _globals['_CANCEL']._serialized_end=815
+  _globals['_PLANUPDATE']._serialized_start=818
+  _globals['_PLANUPDATE']._serialized_end=968
+  _globals['_FAILURE']._serialized_start=970
+  _globals['_FAILURE']._serialized_end=1038
+  _globals['_PROGRESSREPORT']._serialized_start=1041
+  _globals['_PROGRESSREPORT']._serialized_end=1446
+  _globals['_PROGRESSREPORT_BYTESBYTRANSPORTENTRY']._serialized_start=1391
+  _globals['_PROGRESSREPORT_BYTESBYTRANSPORTENTRY']._serialized_end=1446
+  _globals['_REPORTACK']._serialized_start=1448
+  _globals['_REPORTACK']._serialized_end=1459
+  _globals['_STAGEREQUEST']._serialized_start=1461
+  _globals['_STAGEREQUEST']._serialized_end=1568
+  _globals['_STAGEREPLY']._serialized_start=1570
+  _globals['_STAGEREPLY']._serialized_end=1633
+  _globals['_STATUSREQUEST']._serialized_start=1635
+  _globals['_STATUSREQUEST']._serialized_end=1665
+  _globals['_NODEPROGRESS']._serialized_start=1668
+  _globals['_NODEPROGRESS']._serialized_end=2048
+  _globals['_NODEPROGRESS_BYTESBYTRANSPORTENTRY']._serialized_start=1391
+  _globals['_NODEPROGRESS_BYTESBYTRANSPORTENTRY']._serialized_end=1446
+  _globals['_MODELSTATUS']._serialized_start=2051
+  _globals['_MODELSTATUS']._serialized_end=2209
+  _globals['_NODESTATUS']._serialized_start=2212
+  _globals['_NODESTATUS']._serialized_end=2397
   _globals['_NODESTATUS_LABELSENTRY']._serialized_start=212
   _globals['_NODESTATUS_LABELSENTRY']._serialized_end=257
-  _globals['_STATUSREPLY']._serialized_start=2385
-  _globals['_STATUSREPLY']._serialized_end=2482
-  _globals['_SCHEDULER']._serialized_start=2485
-  _globals['_SCHEDULER']._serialized_end=2827
+  _globals['_STATUSREPLY']._serialized_start=2399
+  _globals['_STATUSREPLY']._serialized_end=2496
+  _globals['_SCHEDULER']._serialized_start=2499
+  _globals['_SCHEDULER']._serialized_end=2841
 # @@protoc_insertion_point(module_scope)

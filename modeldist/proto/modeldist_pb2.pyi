@@ -64,7 +64,7 @@ class Parent(_message.Message):
     def __init__(self, stripe: _Optional[int] = ..., node_id: _Optional[str] = ..., data_addr: _Optional[str] = ..., origin: _Optional[bool] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("model", "manifest_json", "source", "revision", "stripes", "parents", "children", "session_token", "epoch")
+    __slots__ = ("model", "manifest_json", "source", "revision", "stripes", "parents", "children", "session_key", "epoch", "ticket")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_JSON_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
@@ -72,8 +72,9 @@ class Assignment(_message.Message):
     STRIPES_FIELD_NUMBER: _ClassVar[int]
     PARENTS_FIELD_NUMBER: _ClassVar[int]
     CHILDREN_FIELD_NUMBER: _ClassVar[int]
-    SESSION_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    SESSION_KEY_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
+    TICKET_FIELD_NUMBER: _ClassVar[int]
     model: str
     manifest_json: bytes
     source: str
@@ -81,9 +82,10 @@ class Assignment(_message.Message):
     stripes: int
     parents: _containers.RepeatedCompositeFieldContainer[Parent]
     children: _containers.RepeatedScalarFieldContainer[str]
-    session_token: bytes
+    session_key: bytes
     epoch: int
-    def __init__(self, model: _Optional[str] = ..., manifest_json: _Optional[bytes] = ..., source: _Optional[str] = ..., revision: _Optional[str] = ..., stripes: _Optional[int] = ..., parents: _Optional[_Iterable[_Union[Parent, _Mapping]]] = ..., children: _Optional[_Iterable[str]] = ..., session_token: _Optional[bytes] = ..., epoch: _Optional[int] = ...) -> None: ...
+    ticket: bytes
+    def __init__(self, model: _Optional[str] = ..., manifest_json: _Optional[bytes] = ..., source: _Optional[str] = ..., revision: _Optional[str] = ..., stripes: _Optional[int] = ..., parents: _Optional[_Iterable[_Union[Parent, _Mapping]]] = ..., children: _Optional[_Iterable[str]] = ..., session_key: _Optional[bytes] = ..., epoch: _Optional[int] = ..., ticket: _Optional[bytes] = ...) -> None: ...
 
 class Digests(_message.Message):
     __slots__ = ("model", "indices", "digests")

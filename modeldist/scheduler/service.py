@@ -25,6 +25,7 @@ from ..config import Config
 from ..errors import ModelDistError, PlanError
 from ..manifest import Manifest
 from ..proto import pb, pb_grpc
+from ..security import TICKET_TTL, TokenInterceptor, mint_ticket, read_token, server_credentials
 from ..staging import resolve
 from . import planner
 from .planner import BroadcastPlan, NodeInfo
@@ -70,7 +71,7 @@ class ModelJob:
     manifest_json: bytes
     source: str
     revision: str
-    token: bytes
+    key: bytes                     # data-session key of this model (tickets are minted with it)
     plan: BroadcastPlan
     digests: bytearray
     known: bytearray
@@ -193,7 +194,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
             infos = [self._info(n) for n in sorted(wanted)]
             plan = planner.plan_broadcast(infos)
             job = ModelJob(manifest=manifest, manifest_json=manifest.to_json(), source=request.source,
-                           revision=request.revision, token=secrets.token_bytes(32), plan=plan,
+                           revision=request.revision, key=secrets.token_bytes(32), plan=plan,
                            digests=bytearray(DIGEST * len(manifest.pieces)), known=bytearray(len(manifest.pieces)))
             self.jobs[manifest.digest] = job
             metrics.PLANS.inc()
@@ -259,8 +260,8 @@ class SchedulerService(pb_grpc.SchedulerServicer):
             return
         digest = job.manifest.digest
         a = pb.Assignment(model=digest, source=job.source, revision=job.revision, stripes=job.plan.k,
-                          children=sorted(job.plan.children_of(node_id)), session_token=job.token,
-                          epoch=job.plan.epoch)
+                          children=sorted(job.plan.children_of(node_id)), session_key=job.key,
+                          ticket=mint_ticket(job.key, node_id, digest, ttl=TICKET_TTL), epoch=job.plan.epoch)
         a.parents.extend(self._parents_pb(job, node_id))
         if digest not in node.sent_manifest:
             a.manifest_json = job.manifest_json
@@ -377,9 +378,16 @@ class SchedulerService(pb_grpc.SchedulerServicer):
                         node.queue.put_nowait(msg)
 
     async def _monitor(self) -> None:
+        refreshed = time.monotonic()
         while True:
             await asyncio.sleep(min(self.heartbeat, 0.5))
             now = time.monotonic()
+            if now - refreshed > TICKET_TTL / 3:
+                # data-session tickets are short-lived: re-issue them (same plan epoch) well before expiry
+                refreshed = now
+                for job in self.jobs.values():
+                    for n in job.plan.nodes:
+                        self._send_assignment(job, n)
             for nid, node in list(self.nodes.items()):
                 if node.alive and now - node.last_seen > self.dead_after:
                     self._declare_dead(nid, f"silent for {now - node.last_seen:.1f}s")
@@ -394,10 +402,13 @@ def _manifest_of(source: str, revision: str | None, allow, cfg: Config) -> Manif
 async def serve(listen: str, *, config: Config | None = None, heartbeat: float = 1.0, dead_after: float = 5.0,
                 ready=None) -> None:
     """Run the scheduler on ``listen`` until cancelled. ``ready(address)`` is called once listening."""
-    server = grpc.aio.server(options=GRPC_OPTIONS)
-    service = SchedulerService(config, heartbeat=heartbeat, dead_after=dead_after)
+    cfg = config or Config.load()
+    token = read_token(cfg.token_file)
+    server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=[TokenInterceptor(token)] if token else None)
+    service = SchedulerService(cfg, heartbeat=heartbeat, dead_after=dead_after)
     pb_grpc.add_SchedulerServicer_to_server(service, server)
-    port = server.add_insecure_port(listen)
+    creds = server_credentials(cfg)
+    port = server.add_secure_port(listen, creds) if creds is not None else server.add_insecure_port(listen)
     if port == 0:
         raise ModelDistError(f"cannot listen on {listen}")
     await server.start()
