@@ -8,7 +8,7 @@ from __future__ import annotations
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 
 __all__ = ["BYTES_RECEIVED", "BYTES_SENT", "PIECES", "PIECE_SECONDS", "MODEL_LOAD_SECONDS",
-           "ACTIVE_SESSIONS", "SCHEDULER_NODES", "PLANS", "REPLANS", "PIECES_REPORTED", "AUTH_REFUSALS",
+           "ACTIVE_SESSIONS", "SCHEDULER_NODES", "PLANS", "REPLANS", "PIECES_REPORTED", "AUTH_REFUSALS", "REFUSALS",
            "serve"]
 
 BYTES_RECEIVED = Counter(
@@ -26,6 +26,7 @@ ACTIVE_SESSIONS = Gauge("modeldist_active_sessions", "Open data-plane sessions."
 SCHEDULER_NODES = Gauge("modeldist_scheduler_nodes", "Nodes the scheduler considers alive.")
 PLANS = Counter("modeldist_plans", "Broadcast plans built from scratch.")
 REPLANS = Counter("modeldist_replans", "Incremental re-plans, by reason (failure, join).", ["reason"])
+REFUSALS = Counter("modeldist_limit_refusals", "Inputs refused for exceeding a limit, by what.", ["what"])
 AUTH_REFUSALS = Counter("modeldist_auth_refusals", "Refused calls and data sessions, by plane and reason.",
                         ["plane", "reason"])
 PIECES_REPORTED = Counter("modeldist_scheduler_piece_failures", "Piece failures reported to the scheduler.",

@@ -30,6 +30,9 @@ SOCK_BUF = 8 << 20
 PIECE_WAIT = 0.05
 #: a session with no piece sendable for this long ends (the child re-plans)
 IDLE_LIMIT = 300.0
+#: open data sessions per listener, and per peer address (a child needs one per parent edge)
+MAX_SESSIONS = 1024
+MAX_SESSIONS_PER_PEER = 64
 
 
 def _deadlines(sock: socket.socket, seconds: float) -> None:
@@ -149,6 +152,7 @@ class TcpListener(Listener):
         self.address = f"{h}:{p}" if family == socket.AF_INET else f"[{h}]:{p}"
         self._closed = threading.Event()
         self._sessions: set[socket.socket] = set()
+        self._per_host: dict[str, int] = {}
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
         self._acceptor = threading.Thread(target=self._accept_loop, name="modeldist-tcp-accept", daemon=True)
@@ -167,6 +171,19 @@ class TcpListener(Listener):
                 if self._closed.is_set():
                     conn.close()
                     return
+                host = addr[0]
+                if len(self._sessions) >= MAX_SESSIONS or self._per_host.get(host, 0) >= MAX_SESSIONS_PER_PEER:
+                    # over a limit: a one-line refusal, no thread, no payload
+                    metrics.REFUSALS.labels(what="sessions").inc()
+                    log.warning("refusing data session from %s: session limit reached", host)
+                    try:
+                        conn.settimeout(1.0)
+                        conn.sendall(wire.encode_reply(wire.BUSY, "too many sessions"))
+                    except OSError:
+                        pass
+                    conn.close()
+                    continue
+                self._per_host[host] = self._per_host.get(host, 0) + 1
                 self._sessions.add(conn)
                 self._threads = [t for t in self._threads if t.is_alive()]
                 t = threading.Thread(target=self._serve, args=(conn, f"{addr[0]}:{addr[1]}"),
@@ -198,6 +215,8 @@ class TcpListener(Listener):
             self._send_pieces(conn, source, pending)
             conn.sendall(wire.FRAME.pack(wire.T_END, 0, 0))
         except (TransportError, OSError) as exc:
+            if isinstance(exc, TransportError) and "limit" in str(exc) or "magic" in str(exc):
+                metrics.REFUSALS.labels(what="data_frame").inc()
             if not self._closed.is_set():
                 log.debug("session with %s ended: %s", peer, exc)
         except Exception:  # noqa: BLE001 - a serving thread must never die silently
@@ -206,6 +225,10 @@ class TcpListener(Listener):
             metrics.ACTIVE_SESSIONS.labels(transport="tcp").dec()
             with self._lock:
                 self._sessions.discard(conn)
+                host = peer.rsplit(":", 1)[0]
+                self._per_host[host] = self._per_host.get(host, 1) - 1
+                if self._per_host[host] <= 0:
+                    self._per_host.pop(host, None)
             try:
                 conn.close()
             except OSError:
