@@ -177,6 +177,27 @@ def scheduler(listen: str = typer.Option("127.0.0.1:7070", help="Address to serv
                       ready=lambda a: err_console.print(f"scheduler listening on {a}")))
 
 
+def _data_transport(rdma: str, cfg: Config) -> str:
+    """``--rdma``: off -> tcp; auto -> rdma when this node has a usable device, else tcp; on -> rdma or
+    refuse to start (RdmaUnavailableError, with the reason and errno)."""
+    if rdma not in ("auto", "on", "off"):
+        raise ConfigError(f"--rdma must be auto, on or off, got {rdma!r}")
+    if rdma == "off":
+        return "tcp"
+    from .errors import RdmaUnavailableError
+    from .transport.rdma import check
+
+    try:
+        desc = check(cfg)
+    except RdmaUnavailableError as exc:
+        if rdma == "on":
+            raise RdmaUnavailableError(f"--rdma on: {exc}", errno_=exc.errno_) from None
+        logging.getLogger("modeldist.cli").info("--rdma auto: %s; the data plane uses TCP", exc)
+        return "tcp"
+    logging.getLogger("modeldist.cli").info("data plane over RDMA: %s", desc)
+    return "rdma"
+
+
 @app.command()
 def agent(scheduler: str = typer.Option(..., help="Scheduler address host:port."),
           listen: str = typer.Option("127.0.0.1:0", help="Data-plane address (port 0 = any)."),
@@ -187,7 +208,11 @@ def agent(scheduler: str = typer.Option(..., help="Scheduler address host:port."
           rack: str = typer.Option("", help="Rack label."),
           upload_bps: float = typer.Option(0.0, help="Upload bandwidth estimate, bytes/s (0 = unknown)."),
           metrics_port: Optional[int] = typer.Option(None, help="Serve /metrics on this port."),
-          rdma: str = typer.Option("off", help="auto|on|off (the RDMA transport lands with its own issue)."),
+          rdma: str = typer.Option("auto", help="Data plane over RDMA: auto (when this node has a usable "
+                                   "device), on (refuse to start without one), off (TCP only). Edges fall back "
+                                   "to TCP per piece either way."),
+          rdma_device: Optional[str] = typer.Option(None, help="RDMA device, e.g. mlx5_0 (default: first active)."),
+          rdma_gid_index: Optional[int] = typer.Option(None, help="GID index (default: RoCE v2, IPv4-mapped)."),
           stall_timeout: float = typer.Option(30.0, help="Seconds without data before a parent counts as stalled."),
           tls_cert: Optional[str] = TLS_CERT, tls_key: Optional[str] = TLS_KEY, tls_ca: Optional[str] = TLS_CA,
           token_file: Optional[str] = TOKEN_FILE) -> None:
@@ -197,13 +222,14 @@ def agent(scheduler: str = typer.Option(..., help="Scheduler address host:port."
     from . import metrics
     from .agent import Agent
 
-    if rdma == "on":
-        raise ConfigError("--rdma on: the RDMA transport is not in this version; use --rdma off or auto")
+    cfg = _secure(store=store, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca, token_file=token_file,
+                  rdma_device=rdma_device, rdma_gid_index=rdma_gid_index)
+    transport = _data_transport(rdma, cfg)
     if metrics_port is not None:
         metrics.serve(metrics_port)
     labels = {k: v for k, v in (("zone", zone), ("rack", rack)) if v}
     a = Agent(scheduler=scheduler, listen=listen, advertise=advertise, node_id=node_id,
-              config=_secure(store=store, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca, token_file=token_file),
+              config=cfg, transport=transport,
               labels=labels, upload_bps=upload_bps, stall_timeout=stall_timeout)
     asyncio.run(a.run(ready=lambda ag: err_console.print(f"agent {ag.node_id} serving on {ag.data_addr}")))
 

@@ -78,6 +78,13 @@ class Config:
     tls_key: str | None = None
     #: CA (PEM) to trust; on a server it also demands client certificates (mutual TLS).
     tls_ca: str | None = None
+    #: RDMA device for the data plane (e.g. mlx5_0, rxe0); None = the first one with an active port.
+    rdma_device: str | None = None
+    #: GID index on that port; -1 = automatic (RoCE v2 with an IPv4-mapped address first).
+    rdma_gid_index: int = -1
+    #: Fault injection for tests: the child end of every RDMA session forces its queue pair into the
+    #: error state after this many pieces, mid-transfer (the session must finish over TCP); 0 = never.
+    rdma_fail_after: int = 0
 
     def __post_init__(self) -> None:
         if self.piece_size is not None and not (4096 <= self.piece_size <= 1 << 30 and self.piece_size % 4096 == 0):
@@ -97,6 +104,10 @@ class Config:
             raise ConfigError(f"timeout must be > 0 seconds (or none), got {self.timeout}")
         if not self.store:
             raise ConfigError("store must be 'shm' or a folder")
+        if self.rdma_gid_index < -1:
+            raise ConfigError(f"rdma_gid_index must be >= 0 (or -1 = automatic), got {self.rdma_gid_index}")
+        if self.rdma_fail_after < 0:
+            raise ConfigError(f"rdma_fail_after must be >= 0, got {self.rdma_fail_after}")
 
     @property
     def store_path(self) -> Path:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram, start_http_server
 
-__all__ = ["BYTES_RECEIVED", "BYTES_SENT", "PIECES", "PIECE_SECONDS", "MODEL_LOAD_SECONDS",
+__all__ = ["BYTES_RECEIVED", "BYTES_SENT", "TRANSPORT_FALLBACKS", "PIECES", "PIECE_SECONDS", "MODEL_LOAD_SECONDS",
            "ACTIVE_SESSIONS", "SCHEDULER_NODES", "PLANS", "REPLANS", "PIECES_REPORTED", "AUTH_REFUSALS", "REFUSALS",
            "serve"]
 
@@ -15,6 +15,11 @@ BYTES_RECEIVED = Counter(
     "modeldist_received_bytes", "Bytes received, by source (origin, peer) and transport (origin, tcp, rdma).",
     ["source", "transport"])
 BYTES_SENT = Counter("modeldist_sent_bytes", "Bytes sent to peers, by transport.", ["transport"])
+TRANSPORT_FALLBACKS = Counter(
+    "modeldist_transport_fallbacks",
+    "Data sessions that carried on over TCP instead of RDMA, by side (child, parent) and reason "
+    "(setup: RDMA could not be set up for the edge; transfer: a verbs operation failed mid-session).",
+    ["side", "reason"])
 PIECES = Counter("modeldist_pieces", "Pieces received, by result (ok, corrupt, timeout).", ["result"])
 PIECE_SECONDS = Histogram(
     "modeldist_piece_seconds", "Time to fetch and verify one piece.",

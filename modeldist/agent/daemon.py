@@ -80,7 +80,7 @@ class Agent:
     # --- control plane -------------------------------------------------------------------
 
     async def run(self, ready=None) -> None:
-        transport = get_transport(self.transport_name)
+        transport = get_transport(self.transport_name, config=self.config)
         self.listener = transport.listen(self.listen_addr, self._authorize)
         self.data_addr = self.advertise or self.listener.address
         local = await self._start_local_socket()

@@ -71,7 +71,7 @@ class Job:
         self.ticket = ticket    # presented to parents
         self.k = stripes
         self.config = config
-        self.transport = get_transport(transport)
+        self.transport = get_transport(transport, config=config)
         self.stall_timeout = stall_timeout
         self.n = len(manifest.pieces)
         self.started = time.monotonic()
@@ -124,12 +124,12 @@ class Job:
                     self._set_digest(i, blob[j * DIGEST:(j + 1) * DIGEST])
             self.cond.notify_all()
 
-    def wait_digest(self, i: int, timeout: float) -> bytes | None:
+    def wait_digest(self, i: int, timeout: float, cancel: threading.Event | None = None) -> bytes | None:
         deadline = time.monotonic() + timeout
         with self.cond:
             while not self.known[i]:
                 left = deadline - time.monotonic()
-                if left <= 0 or self._closed:
+                if left <= 0 or self._closed or (cancel is not None and cancel.is_set()):
                     return None
                 self.cond.wait(left)
             return bytes(self.digests[i * DIGEST:(i + 1) * DIGEST])
@@ -159,6 +159,10 @@ class Job:
         with self.cond:
             self.counters.sent += nbytes
         metrics.BYTES_SENT.labels(transport=transport).inc(nbytes)
+
+    def regions(self) -> dict:
+        """The store mappings pieces are served from (registered by the RDMA transport)."""
+        return self.buf.regions()
 
     # --- plan execution --------------------------------------------------------------------
 
@@ -296,6 +300,9 @@ class _CompleteBuffer:
     def file_view(self, path: str) -> memoryview:
         return memoryview(self._maps[path]) if path in self._maps else memoryview(b"")
 
+    def regions(self) -> dict:
+        return dict(self._maps)
+
     def commit(self, i: int, digest: bytes) -> None:
         raise StoreError("model is complete and read-only")
 
@@ -331,6 +338,8 @@ class _Fetcher:
 
     def stop(self) -> None:
         self._stop.set()
+        with self.job.cond:
+            self.job.cond.notify_all()  # wakes a verifier waiting for a digest
         s = self._session
         if s is not None:
             s.close()  # wakes a blocked receive
@@ -388,9 +397,9 @@ class _Fetcher:
         the socket keeps draining while the previous piece is hashed."""
         job = self.job
         hello = Hello(job.model, job.ticket, job.node_id)
-        session = job.transport.connect(self.ref.addr, hello, timeout=job.stall_timeout)
+        session = job.transport.connect(self.ref.addr, hello, timeout=job.stall_timeout, regions=job.buf.regions())
         self._session = session
-        checks: "queue.Queue[tuple[int, float] | None]" = queue.Queue(maxsize=64)
+        checks: "queue.Queue[tuple[int, float, str] | None]" = queue.Queue(maxsize=64)
         failure: list[BaseException] = []
 
         def verifier() -> None:
@@ -398,9 +407,11 @@ class _Fetcher:
                 item = checks.get()
                 if item is None:
                     return
-                i, started = item
+                i, started, carrier = item
                 try:
-                    want = job.wait_digest(i, job.stall_timeout)
+                    want = job.wait_digest(i, job.stall_timeout, cancel=self._stop)
+                    if want is None and self._stop.is_set():
+                        return  # re-planned: the piece stays missing and is fetched again
                     if want is None:
                         raise TransportError(f"no digest for piece {i} from the scheduler within "
                                              f"{job.stall_timeout:.0f}s", peer=self.ref.addr)
@@ -409,7 +420,7 @@ class _Fetcher:
                     if got != want:
                         metrics.PIECES.labels(result="corrupt").inc()
                         raise IntegrityError(f"piece {i} from {self.ref.node_id} does not match its digest", piece=i)
-                    job.commit(i, got, source="peer", transport=job.transport.name, nbytes=len(view))
+                    job.commit(i, got, source="peer", transport=carrier, nbytes=len(view))
                     metrics.PIECES.labels(result="ok").inc()
                     metrics.PIECE_SECONDS.observe(time.monotonic() - started)
                 except BaseException as exc:  # noqa: BLE001 - handed to the receiving thread
@@ -443,7 +454,7 @@ class _Fetcher:
                     continue
                 while not failure:
                     try:
-                        checks.put((i, started), timeout=0.5)
+                        checks.put((i, started, session.last_transport or job.transport.name), timeout=0.5)
                         break
                     except queue.Full:
                         continue

@@ -205,12 +205,13 @@ class SchedulerService(pb_grpc.SchedulerServicer):
                      plan.depth())
         else:
             for n in wanted:
-                if n not in job.plan.nodes:
+                if n not in job.plan.nodes and n not in job.excluded:
                     job.plan = planner.add_node(job.plan, self._info(n))
                     job.progress[n] = NodeProgress()
                     job.replans += 1
                     metrics.REPLANS.labels(reason="join").inc()
                     self._send_assignment(job, n)
+                    self._send_known_digests(job, n)
                     for p in set(p for p in job.plan.parents_of(n) if p):
                         self._send_assignment(job, p)  # its children list grew
         return pb.StageReply(model=manifest.digest, nodes=len(job.plan.nodes), total_bytes=manifest.total_size)
@@ -270,6 +271,13 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         if prog is not None:
             prog.last_parents = tuple(job.plan.parents_of(node_id))
         node.queue.put_nowait(pb.PlanUpdate(assignment=a))
+
+    def _send_known_digests(self, job: ModelJob, node_id: str) -> None:
+        """Every digest known so far, to a node that joins a running (or finished) broadcast."""
+        node = self.nodes.get(node_id)
+        known = [i for i in range(len(job.known)) if job.known[i]]
+        if node is not None and node.queue is not None and known:
+            node.queue.put_nowait(self._digests_msg(job, known))
 
     def _digests_msg(self, job: ModelJob, indices: list[int]):
         blob = b"".join(bytes(job.digests[i * DIGEST:(i + 1) * DIGEST]) for i in indices)

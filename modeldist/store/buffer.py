@@ -242,6 +242,11 @@ class ModelBuffer:
         mm = self._maps.get(path)
         return memoryview(mm) if mm is not None else memoryview(b"")
 
+    def regions(self) -> dict[str, mmap.mmap]:
+        """The model's mappings (file path -> writable MAP_SHARED mmap) that ``piece_view`` points into:
+        what an RDMA transport registers, one memory region per file (empty files have none)."""
+        return dict(self._maps)
+
     def finish(self) -> Manifest:
         """All pieces present -> write the manifest with digests and the completion marker."""
         missing = self.missing()

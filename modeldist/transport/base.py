@@ -5,8 +5,15 @@ A *session* is one parent-child edge for one model. The child connects and prese
 pieces it wants, and the parent sends each one as soon as it holds it verified (pipelining), reading
 from its store mapping; the child receives each piece straight into its own mapping.
 
-Implementations: ``tcp`` (default and fallback), ``rdma`` (a later issue). Every blocking call has
+Implementations: ``tcp`` (default and fallback) and ``rdma`` (pyverbs RC queue pairs, with the TCP
+session as side channel and per-piece fallback to it; ``transport/rdma``). Every blocking call has
 a deadline; failures are ``TransportError`` with ``.peer``.
+
+Memory: a transport that moves bytes by DMA (RDMA) registers the model's buffers once per session
+(one region per store mapping, not per piece): the parent learns them from
+``PieceSource.regions()``, the child from ``connect(..., regions=...)``. Both are optional: a
+piece outside every region still arrives (over TCP on the same session, or through a bounce
+buffer).
 
 Must not: verify digests or decide whom to fetch from (the agent does).
 """
@@ -43,6 +50,10 @@ class PieceSource(Protocol):
     def sent(self, nbytes: int, transport: str) -> None:
         """Account bytes sent to a child."""
 
+    # Optional (looked up with getattr): ``regions() -> Mapping[str, buffer]``, the model's
+    # mappings (file path -> mmap or memoryview) that ``wait_piece`` views point into, for
+    # transports that register memory (RDMA). Sources without it are served over TCP frames.
+
 
 #: Parent side: hello -> the source to serve from; raise AuthError / TransportError to refuse.
 Authorizer = Callable[[Hello, str], PieceSource]
@@ -52,6 +63,8 @@ class ChildSession(ABC):
     """Child side of one edge. Context manager; ``close()`` is safe twice and wakes a blocked recv."""
 
     peer: str
+    #: the transport that carried the piece the last ``receive()`` returned ("tcp", "rdma")
+    last_transport: str = ""
 
     @abstractmethod
     def request(self, indices: Sequence[int]) -> None:
@@ -98,14 +111,19 @@ class Transport(ABC):
         """Start serving on ``address`` (``host:port``; port 0 = any)."""
 
     @abstractmethod
-    def connect(self, address: str, hello: Hello, *, timeout: float) -> ChildSession:
-        """Open a session to a parent and complete the handshake."""
+    def connect(self, address: str, hello: Hello, *, timeout: float, regions=None) -> ChildSession:
+        """Open a session to a parent and complete the handshake.
+
+        ``regions``: the destination buffers (name -> mmap/memoryview) that ``receive``'s ``dest``
+        views will point into, registered up front by transports that need it (RDMA); optional.
+        """
 
 
-_REGISTRY: dict[str, Callable[[], Transport]] = {}
+#: name -> factory(config) (config: a modeldist Config or None for the defaults)
+_REGISTRY: dict[str, Callable[..., Transport]] = {}
 
 
-def register(name: str, factory: Callable[[], Transport]) -> None:
+def register(name: str, factory: Callable[..., Transport]) -> None:
     _REGISTRY[name] = factory
 
 
@@ -114,14 +132,18 @@ def transports() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_transport(name: str) -> Transport:
+def get_transport(name: str, config=None) -> Transport:
+    """A transport by name; ``config`` (a modeldist ``Config``) carries its settings (RDMA device...)."""
     _load_builtin()
     try:
-        return _REGISTRY[name]()
+        factory = _REGISTRY[name]
     except KeyError:
         raise ConfigError(f"unknown transport {name!r}: choose one of {', '.join(sorted(_REGISTRY))}") from None
+    return factory(config)
 
 
 def _load_builtin() -> None:
     if "tcp" not in _REGISTRY:
         from . import tcp  # noqa: F401 - registers itself
+    if "rdma" not in _REGISTRY:
+        from . import rdma  # noqa: F401 - registers itself (pyverbs is imported only when used)

@@ -21,7 +21,7 @@ from ...errors import AuthError, ModelDistError, TransportError
 from ..base import Authorizer, ChildSession, Hello, Listener, Transport, register
 from . import wire
 
-__all__ = ["TcpTransport"]
+__all__ = ["TcpTransport", "TcpListener", "TcpChildSession", "open_session", "split_addr"]
 
 log = logging.getLogger(__name__)
 
@@ -80,6 +80,8 @@ def _recv_exact_fn(sock: socket.socket, peer: str):
 
 
 class TcpChildSession(ChildSession):
+    last_transport = "tcp"
+
     def __init__(self, sock: socket.socket, peer: str):
         self.sock = sock
         self.peer = peer
@@ -133,6 +135,9 @@ class TcpChildSession(ChildSession):
 
 
 class TcpListener(Listener):
+    #: label of this listener's sessions in metrics (a subclass serves another transport)
+    transport_name = "tcp"
+
     def __init__(self, address: str, authorize: Authorizer, *, io_timeout: float = 30.0):
         host, port = split_addr(address)
         self._authorize = authorize
@@ -192,11 +197,12 @@ class TcpListener(Listener):
             t.start()
 
     def _serve(self, conn: socket.socket, peer: str) -> None:
-        metrics.ACTIVE_SESSIONS.labels(transport="tcp").inc()
+        metrics.ACTIVE_SESSIONS.labels(transport=self.transport_name).inc()
+        state = None
         try:
             conn.settimeout(self._io_timeout)
             recv_exact = _recv_exact_fn(conn, peer)
-            hello, version = wire.read_hello(recv_exact)
+            hello, version, flags = wire.read_hello_flags(recv_exact)
             if version != wire.VERSION:
                 conn.sendall(wire.encode_reply(wire.BAD_VERSION, f"version {version} not supported"))
                 return
@@ -209,10 +215,10 @@ class TcpListener(Listener):
             except ModelDistError as exc:
                 conn.sendall(wire.encode_reply(wire.UNKNOWN_MODEL, str(exc)))
                 return
-            conn.sendall(wire.encode_reply(wire.OK))
+            state = self._accepted(conn, recv_exact, hello, flags, source, peer)
             pending = wire.read_request(recv_exact, source.piece_count())
             _deadlines(conn, self._io_timeout)
-            self._send_pieces(conn, source, pending)
+            self._send_pieces(conn, source, pending, state)
             conn.sendall(wire.FRAME.pack(wire.T_END, 0, 0))
         except (TransportError, OSError) as exc:
             if isinstance(exc, TransportError) and "limit" in str(exc) or "magic" in str(exc):
@@ -222,7 +228,9 @@ class TcpListener(Listener):
         except Exception:  # noqa: BLE001 - a serving thread must never die silently
             log.exception("session with %s failed", peer)
         finally:
-            metrics.ACTIVE_SESSIONS.labels(transport="tcp").dec()
+            if state is not None:
+                self._session_ended(state)
+            metrics.ACTIVE_SESSIONS.labels(transport=self.transport_name).dec()
             with self._lock:
                 self._sessions.discard(conn)
                 host = peer.rsplit(":", 1)[0]
@@ -234,7 +242,18 @@ class TcpListener(Listener):
             except OSError:
                 pass
 
-    def _send_pieces(self, conn: socket.socket, source, pending: list[int]) -> None:
+    def _accepted(self, conn: socket.socket, recv_exact, hello: Hello, flags: int, source, peer: str):
+        """The hello is authorized: answer it; returns per-session state for ``_send_pieces``.
+
+        Plain TCP ignores the hello's flags (an RDMA-capable child then carries on over TCP).
+        """
+        conn.sendall(wire.encode_reply(wire.OK))
+        return None
+
+    def _session_ended(self, state) -> None:
+        """Release what ``_accepted`` set up (called once per session that got that far)."""
+
+    def _send_pieces(self, conn: socket.socket, source, pending: list[int], state=None) -> None:
         """Send pieces as they become available, earliest-requested first (a small window)."""
         idle_since = time.monotonic()
         window = 64
@@ -287,33 +306,46 @@ def _sendall2(conn: socket.socket, head: bytes, view: memoryview) -> None:
             conn.sendall(view[sent - len(head):])
 
 
+def open_session(address: str, hello: Hello, timeout: float, flags: int = 0,
+                 accept: tuple[int, ...] = (wire.OK,)) -> tuple[socket.socket, int]:
+    """Connect, send the hello, read the reply: (socket, reply status in ``accept``).
+
+    The socket is left in timeout mode (``timeout``) for the rest of the handshake.
+    """
+    host, port = split_addr(address)
+    try:
+        sock = socket.create_connection((host, port), timeout=timeout)
+    except OSError as exc:
+        raise TransportError(f"cannot connect to {address}: {exc}", peer=address, errno_=exc.errno) from exc
+    try:
+        _tune(sock)
+        sock.settimeout(timeout)
+        sock.sendall(wire.encode_hello(hello, flags))
+        status, message = wire.read_reply(_recv_exact_fn(sock, address))
+    except (OSError, TransportError) as exc:
+        sock.close()
+        if isinstance(exc, TransportError):
+            raise
+        raise TransportError(f"handshake with {address} failed: {exc}", peer=address) from exc
+    if status not in accept:
+        sock.close()
+        if status == wire.AUTH:
+            raise AuthError(f"{address} refused the session: {message}")
+        raise TransportError(f"{address} refused the session ({status}): {message}", peer=address)
+    return sock, status
+
+
 class TcpTransport(Transport):
     name = "tcp"
+
+    def __init__(self, config=None):
+        pass  # nothing to configure
 
     def listen(self, address: str, authorize: Authorizer) -> Listener:
         return TcpListener(address, authorize)
 
-    def connect(self, address: str, hello: Hello, *, timeout: float) -> ChildSession:
-        host, port = split_addr(address)
-        try:
-            sock = socket.create_connection((host, port), timeout=timeout)
-        except OSError as exc:
-            raise TransportError(f"cannot connect to {address}: {exc}", peer=address, errno_=exc.errno) from exc
-        try:
-            _tune(sock)
-            sock.settimeout(timeout)
-            sock.sendall(wire.encode_hello(hello))
-            status, message = wire.read_reply(_recv_exact_fn(sock, address))
-        except (OSError, TransportError) as exc:
-            sock.close()
-            if isinstance(exc, TransportError):
-                raise
-            raise TransportError(f"handshake with {address} failed: {exc}", peer=address) from exc
-        if status != wire.OK:
-            sock.close()
-            if status == wire.AUTH:
-                raise AuthError(f"{address} refused the session: {message}")
-            raise TransportError(f"{address} refused the session ({status}): {message}", peer=address)
+    def connect(self, address: str, hello: Hello, *, timeout: float, regions=None) -> ChildSession:
+        sock, _ = open_session(address, hello, timeout)
         return TcpChildSession(sock, address)
 
 

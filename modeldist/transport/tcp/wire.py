@@ -12,6 +12,22 @@ Parent -> child::
     PIECE    u8 2 | u32 index | u32 length | payload
     END      u8 4 | u32 0 | u32 0                               (nothing more will come)
 
+RDMA extension (``transport/rdma``; a plain TCP peer never sees any of it). The child sets
+``HELLO_RDMA`` in the hello's flags; a parent that ignores flags (an older one) answers ``OK`` and
+the session is plain TCP. A parent that can serve over RDMA answers ``OK_RDMA`` and then::
+
+    parent -> child  QP_INFO  u8 7 | u32 qp_num | u32 psn | 16 B gid | u16 lid | u8 mtu | u8 rd_atomic
+                              | u8 link_layer | u8 0            (its RC queue pair)
+    child -> parent  QP_INFO  (the same; qp_num 0 = "no RDMA here", the session carries on as TCP)
+    child -> parent  REQUEST  as above
+    parent -> child  RDMA     u8 3 | u32 index | u32 length | u32 rkey | u64 address
+                              (the piece may be RDMA-READ from the parent's memory region there)
+                     PIECE / END as above (PIECE for a piece that is not in a registered region, and
+                              for every piece after a FALLBACK)
+    child -> parent  ACK      u8 5 | u32 index | u32 0          (piece read; counts as sent)
+                     FALLBACK u8 6 | u32 0 | u32 0              (RDMA broke: every RDMA piece not
+                              acknowledged is sent again as PIECE frames, and the rest too)
+
 Parsers take exactly the bytes they need and check every length against its limit before
 reading a payload; anything else is ``TransportError`` (or ``AuthError`` for a refused hello).
 """
@@ -31,25 +47,36 @@ MAX_NODE_ID = 256
 MAX_REQUEST = 16_000_000
 MAX_PIECE = 1 << 30
 
-OK, AUTH, UNKNOWN_MODEL, BUSY, BAD_VERSION, BAD_REQUEST = range(6)
+OK, AUTH, UNKNOWN_MODEL, BUSY, BAD_VERSION, BAD_REQUEST, OK_RDMA = range(7)
 
-T_REQUEST, T_PIECE, T_END = 1, 2, 4
+#: hello flags
+HELLO_RDMA = 0x1
+
+T_REQUEST, T_PIECE, T_RDMA, T_END, T_ACK, T_FALLBACK, T_QP_INFO = 1, 2, 3, 4, 5, 6, 7
 FRAME = struct.Struct("<BII")  # type, index, length
+RDMA_EXT = struct.Struct("<IQ")  # rkey, remote address (follows an RDMA frame head)
+QP_INFO = struct.Struct("<BII16sHBBBB")  # type, qp_num, psn, gid, lid, mtu, rd_atomic, link layer, 0
 _HELLO_HEAD = struct.Struct("<4sHH32sH")
 _REPLY_HEAD = struct.Struct("<4sBH")
 
 
-def encode_hello(h: Hello) -> bytes:
+def encode_hello(h: Hello, flags: int = 0) -> bytes:
     node = h.node_id.encode()
     if len(h.token) > MAX_TOKEN or len(node) > MAX_NODE_ID:
         raise TransportError("hello too large")
-    return (_HELLO_HEAD.pack(MAGIC, VERSION, 0, bytes.fromhex(h.model), len(h.token)) + h.token
+    return (_HELLO_HEAD.pack(MAGIC, VERSION, flags, bytes.fromhex(h.model), len(h.token)) + h.token
             + struct.pack("<H", len(node)) + node)
 
 
 def read_hello(recv_exact) -> tuple[Hello, int]:
     """Parse a hello from ``recv_exact(n) -> bytes``; returns (hello, version)."""
-    magic, version, _flags, digest, tlen = _HELLO_HEAD.unpack(recv_exact(_HELLO_HEAD.size))
+    hello, version, _flags = read_hello_flags(recv_exact)
+    return hello, version
+
+
+def read_hello_flags(recv_exact) -> tuple[Hello, int, int]:
+    """``read_hello`` that also returns the hello's flags (unknown bits are the caller's to ignore)."""
+    magic, version, flags, digest, tlen = _HELLO_HEAD.unpack(recv_exact(_HELLO_HEAD.size))
     if magic != MAGIC:
         raise TransportError("not a modeldist data session (bad magic)")
     if tlen > MAX_TOKEN:
@@ -62,7 +89,7 @@ def read_hello(recv_exact) -> tuple[Hello, int]:
         node = recv_exact(nlen).decode()
     except UnicodeDecodeError as exc:
         raise TransportError("node id is not UTF-8") from exc
-    return Hello(digest.hex(), token, node), version
+    return Hello(digest.hex(), token, node), version, flags
 
 
 def encode_reply(status: int, message: str = "") -> bytes:
@@ -104,10 +131,42 @@ class FrameHead:
     length: int
 
 
-def parse_frame_head(raw: bytes) -> FrameHead:
+def parse_frame_head(raw: bytes, kinds: tuple[int, ...] = (T_PIECE, T_END)) -> FrameHead:
+    """Parse a parent -> child frame head; ``kinds`` are the types this session may see."""
     kind, index, length = FRAME.unpack(raw)
-    if kind not in (T_PIECE, T_END):
+    if kind not in kinds:
         raise TransportError(f"unknown frame type {kind}")
     if length > MAX_PIECE:
         raise TransportError(f"frame length {length} over the limit")
     return FrameHead(kind, index, length)
+
+
+@dataclass(frozen=True)
+class QpInfo:
+    """One end of an RDMA edge: what the other end needs to connect its RC queue pair to it."""
+
+    qp_num: int          # 0 = this end does not do RDMA (the session stays TCP)
+    psn: int
+    gid: bytes           # 16 bytes
+    lid: int
+    mtu: int             # ibv_mtu enum value (1 = 256 ... 5 = 4096)
+    rd_atomic: int       # outstanding RDMA READs this end can take (as responder) or issue
+    link_layer: int      # 1 = InfiniBand, 2 = Ethernet (RoCE)
+
+
+NO_RDMA = QpInfo(0, 0, bytes(16), 0, 0, 0, 0)
+
+
+def encode_qp_info(q: QpInfo) -> bytes:
+    if len(q.gid) != 16:
+        raise TransportError("gid must be 16 bytes")
+    return QP_INFO.pack(T_QP_INFO, q.qp_num, q.psn & 0xFFFFFF, q.gid, q.lid, q.mtu, q.rd_atomic, q.link_layer, 0)
+
+
+def read_qp_info(recv_exact) -> QpInfo:
+    kind, qpn, psn, gid, lid, mtu, rd, ll, _ = QP_INFO.unpack(recv_exact(QP_INFO.size))
+    if kind != T_QP_INFO:
+        raise TransportError(f"expected a QP info frame, got type {kind}")
+    if qpn >= 1 << 24 or psn >= 1 << 24 or (qpn and not (1 <= mtu <= 5)):
+        raise TransportError("malformed QP info")
+    return QpInfo(qpn, psn, gid, lid, mtu, rd, ll)
