@@ -99,6 +99,11 @@ def test_preload_three_nodes_then_load_without_transfer(cluster, minilm_dir, tmp
     after = {nid: ray.get(a.counters.remote(report.model))["bytes_by_source"] for nid, a in agents.items()}
     assert after == before  # the agents' counters did not move: the loads were served by mapping
 
+    # eviction removes the model from every node's store
+    assert mray.evict(str(minilm_dir)) == 3
+    for n in report.nodes:
+        assert not (Path(n.store) / report.model).exists()
+
 
 def test_node_removed_mid_preload(cluster, tmp_path):
     import ray
