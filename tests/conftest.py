@@ -17,7 +17,7 @@ import pytest
 
 def _has_rdma() -> bool:
     p = Path("/sys/class/infiniband")
-    return p.is_dir() and any(p.iterdir())
+    return p.is_dir() and any(p.iterdir()) and importlib.util.find_spec("pyverbs") is not None
 
 
 def _has_cuda() -> bool:
@@ -33,7 +33,8 @@ def _netns_ok() -> bool:
 
 
 _SKIPS = {
-    "rdma": (_has_rdma, "no RDMA device (/sys/class/infiniband is empty): run tests/rdma/vm.sh for soft-RoCE"),
+    "rdma": (_has_rdma, "no RDMA device (/sys/class/infiniband is empty) or no pyverbs for this Python: "
+                        "run tests/rdma/vm.sh for soft-RoCE"),
     "gpu": (_has_cuda, "CUDA is not available on this machine"),
     "netns": (_netns_ok, "network namespaces need root and iproute2 (ip, tc)"),
     "ray": (lambda: importlib.util.find_spec("ray") is not None, "ray is not installed (pip install modeldist[ray])"),

@@ -34,7 +34,9 @@ def test_agent_metrics_match_bytes_moved(tmp_path, minilm_dir):
             assert verify_store(cluster.store_of(n.node_id), row.model, minilm_dir) == []
             m = scrape(ports[n.node_id])
             got_origin = m.get('modeldist_received_bytes_total{source="origin",transport="origin"}', 0.0)
-            got_peer = m.get('modeldist_received_bytes_total{source="peer",transport="tcp"}', 0.0)
+            # agents default to --rdma auto: peer bytes are tcp here, rdma where there is a device
+            got_peer = sum(m.get(f'modeldist_received_bytes_total{{source="peer",transport="{t}"}}', 0.0)
+                           for t in ("tcp", "rdma"))
             # the agent's own metrics agree with what it reported to the scheduler
             assert got_origin == n.origin_bytes
             assert got_peer >= n.peer_bytes  # received bytes include any duplicate a re-plan discards
@@ -42,6 +44,6 @@ def test_agent_metrics_match_bytes_moved(tmp_path, minilm_dir):
             assert m.get('modeldist_pieces_total{result="corrupt"}', 0) == 0
             origin += got_origin
             peer += got_peer
-            sent += m.get('modeldist_sent_bytes_total{transport="tcp"}', 0.0)
+            sent += sum(m.get(f'modeldist_sent_bytes_total{{transport="{t}"}}', 0.0) for t in ("tcp", "rdma"))
         assert origin == total                  # the origin was read once in total
         assert peer == sent == 2 * total        # every peer byte received was sent by a peer

@@ -4,8 +4,9 @@ channel and the fallback.
 One edge, step by step (frames in ``transport/tcp/wire.py``):
 
 1. The child registers its destination buffers (``connect(..., regions=...)``: the model's store
-   mappings, one memory region each, shared by every session of the process) and opens the usual
-   TCP session with ``HELLO_RDMA`` set in the hello's flags.
+   mappings, one memory region each, shared by every session of the process, in the protection
+   domain of that model: a queue pair of one model's edge cannot reach another model's memory) and
+   opens the usual TCP session with ``HELLO_RDMA`` set in the hello's flags.
 2. A parent that can serve over RDMA registers the source's mappings (``PieceSource.regions()``),
    creates an RC queue pair and answers ``OK_RDMA`` + its QP info (qp_num, psn, gid, lid, mtu,
    READ depth); the child creates its queue pair, connects it (RTR, RTS) and sends its own QP
@@ -71,6 +72,8 @@ log = logging.getLogger(__name__)
 
 #: RDMA pieces a parent announces to one child before it waits for acknowledgements
 WINDOW = 16
+#: how long a parent with RDMA pieces in flight waits for its next piece before it reads acknowledgements
+ACK_POLL = 0.005
 #: how long the child's receive loop sleeps between completion polls while reads are in flight
 POLL_WAIT = 0.0002
 #: bounce buffers at least this large (destinations outside every registered region)
@@ -119,7 +122,7 @@ class RdmaTransport(Transport):
         acquired: list[verbs.Region] = []
         for name, buf in (regions or {}).items():
             try:
-                acquired.append(dev.acquire(buf))
+                acquired.append(dev.acquire(buf, hello.model))
             except RdmaUnavailableError as exc:
                 log.info("%s not registered for RDMA (%s): pieces there arrive through a bounce buffer", name, exc)
         ep = None
@@ -129,7 +132,8 @@ class RdmaTransport(Transport):
             if status == wire.OK_RDMA:
                 parent = wire.read_qp_info(_recv_exact_fn(sock, address))
                 try:
-                    ep = verbs.Endpoint(dev, requester=True, depth=2 * WINDOW, local_ip=sock.getsockname()[0])
+                    ep = verbs.Endpoint(dev, requester=True, depth=2 * WINDOW, local_ip=sock.getsockname()[0],
+                                        domain=hello.model)
                     ep.connect(parent)
                     sock.sendall(wire.encode_qp_info(ep.info()))
                 except RdmaUnavailableError as exc:
@@ -172,7 +176,7 @@ class _ParentEdge:
 
     def add(self, buf, name: str = "") -> bool:
         try:
-            self.regions.append(self.dev.acquire(buf))
+            self.regions.append(self.dev.acquire(buf, self.ep.domain))
             return True
         except RdmaUnavailableError as exc:
             log.info("%s not registered for RDMA (%s): its pieces go over TCP", name or "a buffer", exc)
@@ -230,7 +234,7 @@ class RdmaListener(TcpListener):
         if dev is not None:
             ep = None
             try:
-                ep = verbs.Endpoint(dev, requester=False, depth=1, local_ip=conn.getsockname()[0])
+                ep = verbs.Endpoint(dev, requester=False, depth=1, local_ip=conn.getsockname()[0], domain=hello.model)
                 edge = _ParentEdge(dev, ep)
                 edge.add_source(source)
             except RdmaUnavailableError as exc:
@@ -285,7 +289,9 @@ class RdmaListener(TcpListener):
             if pending and (not rdma or len(outstanding) < WINDOW):
                 for pos in range(min(64, len(pending))):
                     i = pending[pos]
-                    view = source.wait_piece(i, PIECE_WAIT if pos == 0 and not outstanding else 0)
+                    # the first pending piece may be waited for (woken as soon as the job holds it);
+                    # briefly while acknowledgements may be arriving
+                    view = source.wait_piece(i, (ACK_POLL if outstanding else PIECE_WAIT) if pos == 0 else 0)
                     if view is None:
                         continue
                     del pending[pos]
@@ -300,8 +306,7 @@ class RdmaListener(TcpListener):
                     break
             if outstanding:
                 full = len(outstanding) >= WINDOW or not pending
-                wait = self._io_timeout if full else (0.0 if progressed else 0.005)
-                events = poller.poll(wait * 1000)
+                events = poller.poll(self._io_timeout * 1000 if full else 0)
                 if not events and full:
                     raise TransportError(f"child acknowledged no RDMA piece for {self._io_timeout:.0f}s")
                 handled = 0
@@ -353,6 +358,7 @@ class RdmaChildSession(TcpChildSession):
         super().__init__(sock, peer)
         self._dev = dev
         self._ep: verbs.Endpoint | None = ep
+        self._domain = ep.domain
         self._regions = regions
         self._tried: set[int] = set()
         self._rdma = True
@@ -473,7 +479,7 @@ class RdmaChildSession(TcpChildSession):
         if isinstance(obj, mmap.mmap) and id(obj) not in self._tried:
             self._tried.add(id(obj))  # no regions given: register the mapping the views point into
             try:
-                self._regions.append(self._dev.acquire(obj))
+                self._regions.append(self._dev.acquire(obj, self._domain))
             except RdmaUnavailableError as exc:
                 log.info("destination mapping not registered for RDMA (%s): using a bounce buffer", exc)
                 return None
@@ -484,12 +490,16 @@ class RdmaChildSession(TcpChildSession):
         for k, b in enumerate(self._bounce_free):
             if b.length >= n:
                 return self._bounce_free.pop(k)
-        b = self._dev.scratch(max(n, BOUNCE_MIN))
+        b = self._dev.scratch(max(n, BOUNCE_MIN), self._domain)
         self._bounce_all.append(b)
         return b
 
     def _start_read(self, index: int, view: memoryview, raddr: int, rkey: int) -> None:
         n = len(view)
+        if n == 0:  # nothing to read (a parent sends these as PIECE frames anyway)
+            rd = self._pieces[index] = _Read(index, view, 0, 0, None)
+            self._complete(rd)
+            return
         addr, _ = verbs.buffer_address(view)
         bounce = None
         try:

@@ -5,13 +5,16 @@ rdma-core / PyPI pyverbs (``pyverbs.libibverbs_enums``, enum classes); pyverbs i
 use, never at import time, so a machine without it only pays for a failed import when RDMA is asked
 for.
 
-- ``Device``: one opened device port per process and setting (context, ONE protection domain, the
-  GID to use, the port's MTU and limits), shared by every session; ``open_device`` caches it.
-- Memory: ``Device.acquire(buffer)`` registers a whole buffer (a store mapping: one memory region
-  per file mapping, never per piece) and reference-counts it, so the sessions of one model on one
-  node share one registration; it is deregistered when the last session releases it. A region
-  holds a buffer export of its mapping while registered, so the mapping cannot be unmapped (and its
-  address reused) under the NIC.
+- ``Device``: one opened device port per process and setting (context, the GID to use, the port's
+  MTU and limits), shared by every session; ``open_device`` caches it. One protection domain per
+  *model* (``domain``: the manifest digest), shared by every session of that model: a queue pair
+  can only reach the memory regions of its own model, so a peer authorized for one model cannot
+  read another model this node holds, whatever rkey it tries.
+- Memory: ``Device.acquire(buffer, domain)`` registers a whole buffer (a store mapping: one memory
+  region per file mapping, never per piece) and reference-counts it, so the sessions of one model
+  on one node share one registration; it is deregistered when the last session releases it. A
+  region holds a buffer export of its mapping while registered, so the mapping cannot be unmapped
+  (and its address reused) under the NIC.
 - ``Endpoint``: one RC queue pair and its completion queue for one edge: created in INIT, connected
   (RTR, RTS) with the other end's ``QpInfo``, RDMA READs posted and polled, forced into the error
   state (the fault-injection hook and the first step of a fallback), destroyed.
@@ -22,6 +25,8 @@ Every verbs failure becomes ``RdmaUnavailableError`` (device, GID, registration,
 
 from __future__ import annotations
 
+import atexit
+import ctypes
 import errno
 import importlib
 import ipaddress
@@ -51,6 +56,8 @@ def _pv():
     global _E
     if _E is not None:
         return _MODS
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
     try:
         from pyverbs import addr, cq, device, mr, pd, qp, wr  # noqa: F401
         from pyverbs.pyverbs_error import PyverbsError, PyverbsRDMAError
@@ -58,6 +65,12 @@ def _pv():
         raise RdmaUnavailableError(
             f"pyverbs is not importable ({exc}); install rdma-core's python3-pyverbs and expose it to this "
             "Python (a .pth file or PYTHONPATH entry with the pyverbs package)", errno_=errno.ENOSYS) from exc
+    finally:
+        # pyverbs calls logging.basicConfig(level=INFO) on import: logging is the application's business
+        for h in root.handlers[:]:
+            if h not in handlers:
+                root.removeHandler(h)
+        root.setLevel(level)
     enums = None
     for name in ("pyverbs.libibverbs_enums", "pyverbs.enums"):  # rdma-core >= 59, then 44..58
         try:
@@ -130,6 +143,7 @@ class Region:
     mr: object = field(repr=False)
     export: memoryview | None = field(repr=False)
     refs: int = 1
+    domain: str = ""
 
     def contains(self, addr: int, n: int) -> bool:
         return self.addr <= addr and addr + n <= self.addr + self.length
@@ -197,7 +211,7 @@ class Device:
             if not self.gids:
                 raise RdmaUnavailableError(f"{self.name} port {self.port} has no GID", errno_=errno.EADDRNOTAVAIL)
             self.gid = self._choose_gid(gid_index)
-            self.pd = m["pd"].PD(self.ctx)
+            m["pd"].PD(self.ctx).close()  # the device can allocate protection domains
         except PyverbsError as exc:
             self.ctx.close()
             raise RdmaUnavailableError(f"cannot set up {self.name}: {exc}", errno_=_errno_of(exc)) from exc
@@ -209,7 +223,57 @@ class Device:
         self.max_msg = max(4096, min(int(self.port_attr.max_msg_sz or (1 << 30)), 1 << 30))
         self.max_wr = max(16, min(int(a.max_qp_wr), 1024))
         self.lock = threading.Lock()
-        self._regions: dict[tuple[int, int], Region] = {}
+        self._regions: dict[tuple[str, int, int], Region] = {}
+        self._pds: dict[str, list] = {}  # domain -> [PD, references (regions, scratch buffers, queue pairs)]
+        self.endpoints = 0  # queue pairs alive
+        self.closed = False
+
+    def close(self) -> None:
+        """Release everything in order (regions, PD, context); at exit, see ``_close_devices``."""
+        with self.lock:
+            if self.closed:
+                return
+            self.closed = True
+            for r in list(self._regions.values()):
+                try:
+                    r.mr.close()
+                except _MODS["PyverbsError"]:
+                    pass
+                if r.export is not None:
+                    r.export.release()
+            self._regions.clear()
+            try:
+                for pd, _refs in self._pds.values():
+                    pd.close()
+                self._pds.clear()
+                self.ctx.close()
+            except _MODS["PyverbsError"] as exc:
+                log.debug("closing %s: %s", self.name, exc)
+
+    def _pd_get(self, domain: str):
+        """The protection domain of ``domain``, one more reference (caller holds ``lock``)."""
+        entry = self._pds.get(domain)
+        if entry is None:
+            try:
+                entry = self._pds[domain] = [_MODS["pd"].PD(self.ctx), 0]
+            except _MODS["PyverbsError"] as exc:
+                raise RdmaUnavailableError(f"cannot allocate a protection domain on {self.name}: {exc}",
+                                           errno_=_errno_of(exc, errno.ENOMEM)) from exc
+        entry[1] += 1
+        return entry[0]
+
+    def _pd_put(self, domain: str) -> None:
+        """Drop a reference; the last one deallocates the domain (caller holds ``lock``)."""
+        entry = self._pds.get(domain)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] <= 0:
+            del self._pds[domain]
+            try:
+                entry[0].close()
+            except _MODS["PyverbsError"] as exc:
+                log.warning("%s: deallocating a protection domain failed: %s", self.name, exc)
 
     def describe(self) -> str:
         g = self.gid
@@ -274,8 +338,8 @@ class Device:
 
     # --- memory ---
 
-    def acquire(self, buf) -> Region:
-        """Register ``buf`` (whole) or take another reference on its existing registration."""
+    def acquire(self, buf, domain: str = "") -> Region:
+        """Register ``buf`` (whole) in ``domain`` or take another reference on that registration."""
         m = _pv()
         mv = memoryview(buf)
         if not mv.contiguous:
@@ -283,8 +347,11 @@ class Device:
         addr, n = buffer_address(mv)
         if n == 0:
             raise RdmaUnavailableError("cannot register an empty buffer", errno_=errno.EINVAL)
-        key = (addr, n)
+        key = (domain, addr, n)
         with self.lock:
+            if self.closed:
+                mv.release()
+                raise RdmaUnavailableError(f"{self.name} is closed", errno_=errno.ESHUTDOWN)
             r = self._regions.get(key)
             if r is not None:
                 r.refs += 1
@@ -293,14 +360,20 @@ class Device:
             writable = not mv.readonly
             access = _E.IBV_ACCESS_REMOTE_READ | (_E.IBV_ACCESS_LOCAL_WRITE if writable else 0)
             try:
-                mr = m["mr"].MR(self.pd, n, access, address=addr)
+                pd = self._pd_get(domain)
+            except RdmaUnavailableError:
+                mv.release()
+                raise
+            try:
+                mr = m["mr"].MR(pd, n, access, address=addr)
             except m["PyverbsError"] as exc:
+                self._pd_put(domain)
                 mv.release()
                 code = _errno_of(exc, errno.ENOMEM)
                 hint = " (raise the memlock limit: ulimit -l / LimitMEMLOCK)" if code in (errno.ENOMEM, errno.EPERM) else ""
                 raise RdmaUnavailableError(f"cannot register {n} bytes with {self.name}: {exc}{hint}",
                                            errno_=code) from exc
-            r = Region(addr, n, mr.lkey, mr.rkey, writable, mr, mv)
+            r = Region(addr, n, mr.lkey, mr.rkey, writable, mr, mv, domain=domain)
             self._regions[key] = r
             return r
 
@@ -309,7 +382,7 @@ class Device:
             r.refs -= 1
             if r.refs > 0:
                 return
-            self._regions.pop((r.addr, r.length), None)
+            self._regions.pop((r.domain, r.addr, r.length), None)
             try:
                 r.mr.close()
             except _MODS["PyverbsError"] as exc:
@@ -317,22 +390,28 @@ class Device:
             if r.export is not None:
                 r.export.release()
                 r.export = None
+            self._pd_put(r.domain)
 
-    def scratch(self, n: int) -> Region:
+    def scratch(self, n: int, domain: str = "") -> Region:
         """A registered buffer of its own (bounce buffer for destinations outside every region)."""
         m = _pv()
-        try:
-            mr = m["mr"].MR(self.pd, n, _E.IBV_ACCESS_LOCAL_WRITE | _E.IBV_ACCESS_REMOTE_READ)
-        except m["PyverbsError"] as exc:
-            raise RdmaUnavailableError(f"cannot allocate a {n}-byte bounce buffer: {exc}",
-                                       errno_=_errno_of(exc, errno.ENOMEM)) from exc
-        return Region(mr.buf, n, mr.lkey, mr.rkey, True, mr, None, refs=-1)
+        with self.lock:
+            pd = self._pd_get(domain)
+            try:
+                mr = m["mr"].MR(pd, n, _E.IBV_ACCESS_LOCAL_WRITE)
+            except m["PyverbsError"] as exc:
+                self._pd_put(domain)
+                raise RdmaUnavailableError(f"cannot allocate a {n}-byte bounce buffer: {exc}",
+                                           errno_=_errno_of(exc, errno.ENOMEM)) from exc
+        return Region(mr.buf, n, mr.lkey, mr.rkey, True, mr, None, refs=-1, domain=domain)
 
     def drop_scratch(self, r: Region) -> None:
-        try:
-            r.mr.close()
-        except _MODS["PyverbsError"]:
-            pass
+        with self.lock:
+            try:
+                r.mr.close()
+            except _MODS["PyverbsError"]:
+                pass
+            self._pd_put(r.domain)
 
     def regions(self) -> int:
         with self.lock:
@@ -362,6 +441,21 @@ def open_device(name: str | None = None, gid_index: int = -1) -> Device:
     if isinstance(d, RdmaUnavailableError):
         raise RdmaUnavailableError(str(d), errno_=d.errno_)
     return d
+
+
+@atexit.register
+def _close_devices() -> None:
+    """At exit, while the interpreter is whole: close idle devices in order (else pyverbs objects are
+    torn down in random order during finalization, with errors nobody can print). A device with
+    queue pairs still in use (a daemon thread mid-session) is left to the OS: closing it under that
+    thread could crash it, so it is kept from ever being deallocated."""
+    with _DEVICES_LOCK:
+        devices = [d for d in _DEVICES.values() if isinstance(d, Device)]
+    for d in devices:
+        if d.endpoints == 0:
+            d.close()
+        else:
+            ctypes.pythonapi.Py_IncRef(ctypes.py_object(d))
 
 
 def _sysfs_has_devices() -> bool:
@@ -394,7 +488,7 @@ def wc_status_str(status: int) -> str:
 class Endpoint:
     """One RC queue pair (and its CQ) of one edge. ``requester``: this end posts RDMA READs."""
 
-    def __init__(self, dev: Device, *, requester: bool, depth: int, local_ip: str | None = None):
+    def __init__(self, dev: Device, *, requester: bool, depth: int, local_ip: str | None = None, domain: str = ""):
         m = _pv()
         self.dev = dev
         self.requester = requester
@@ -403,13 +497,20 @@ class Endpoint:
         depth = max(1, min(depth, dev.max_wr))
         self.depth = depth
         self.qp = self.cq = None
+        self.domain = domain
+        with dev.lock:
+            if dev.closed:
+                raise RdmaUnavailableError(f"{dev.name} is closed", errno_=errno.ESHUTDOWN)
+            pd = dev._pd_get(domain)
+            dev.endpoints += 1
+        self._counted = True
         try:
             self.cq = m["cq"].CQ(dev.ctx, depth + 4, None, None, 0)
             cap = m["qp"].QPCap(max_send_wr=depth, max_recv_wr=1, max_send_sge=1, max_recv_sge=1)
             init = m["qp"].QPInitAttr(qp_type=_E.IBV_QPT_RC, scq=self.cq, rcq=self.cq, cap=cap)
             attr = m["qp"].QPAttr(port_num=dev.port)
             attr.qp_access_flags = 0 if requester else _E.IBV_ACCESS_REMOTE_READ
-            self.qp = m["qp"].QP(dev.pd, init, attr)  # -> INIT
+            self.qp = m["qp"].QP(pd, init, attr)  # -> INIT
         except m["PyverbsError"] as exc:
             self.close()
             raise RdmaUnavailableError(f"cannot create an RC queue pair on {dev.name}: {exc}",
@@ -490,4 +591,9 @@ class Endpoint:
                     obj.close()
                 except _MODS["PyverbsError"] as exc:
                     log.warning("closing the %s failed: %s", name, exc)
+        if self._counted:
+            self._counted = False
+            with self.dev.lock:
+                self.dev.endpoints -= 1
+                self.dev._pd_put(self.domain)
 
