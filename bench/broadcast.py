@@ -231,15 +231,16 @@ class Events:
 
 
 def measure_goodput(tb: Testbed, seconds: float = 3.0) -> float | None:
-    """TCP goodput (bit/s) of one shaped path (node 0 -> origin) with iperf3; None without iperf3."""
+    """TCP goodput (bit/s) of one shaped path (the fastest node -> origin) with iperf3; None without iperf3."""
     if shutil.which("iperf3") is None:
         return None
+    node = max(range(tb.n), key=lambda i: (tb.rate_of(i), -i))
     srv = tb.run("origin", ["iperf3", "-s", "-B", tb.origin_addr, "-p", "5201"], stdout=subprocess.DEVNULL,
                  stderr=subprocess.DEVNULL)
     try:
-        tb.wait_listening(0, tb.origin_addr, 5201, timeout=15, proc=srv)
+        tb.wait_listening(node, tb.origin_addr, 5201, timeout=15, proc=srv)
         time.sleep(0.2)  # the probe connection above counts as a client for iperf3: let it settle
-        out = tb.run_checked(0, ["iperf3", "-c", tb.origin_addr, "-p", "5201", "-t", str(seconds), "-J"],
+        out = tb.run_checked(node, ["iperf3", "-c", tb.origin_addr, "-p", "5201", "-t", str(seconds), "-J"],
                              timeout=seconds + 30)
         j = json.loads(out)
         return float(j["end"]["sum_received"]["bits_per_second"])
@@ -531,7 +532,7 @@ def bench_one(n: int, rate_bps: float, origin_dir: Path, args, log=print) -> dic
         source = tb.upload(origin_dir, key_prefix)
         goodput = None if args.no_calibrate else measure_goodput(tb)
         if goodput:
-            log(f"  iperf3 goodput node0 -> origin: {goodput / 1e6:.1f} Mbit/s ({goodput / rate_bps:.3f} of R)")
+            log(f"  iperf3 goodput node -> origin: {goodput / 1e6:.1f} Mbit/s ({goodput / rate_bps:.3f} of R)")
         naive_runs, md_runs = [], []
         for rep in range(args.repeat):
             order = ["naive", "modeldist"] if rep % 2 == 0 else ["modeldist", "naive"]
@@ -580,7 +581,8 @@ def bench_one(n: int, rate_bps: float, origin_dir: Path, args, log=print) -> dic
         "goodput_bps": goodput,
         "goodput_ideal_s": model_bytes * 8 / goodput if goodput else None,
         "slow_nodes": sorted(overrides), "slow_rate_bps": rate_bps * args.slow_factor if overrides else None,
-        "piece_size": piece_size or "auto", "agent_env": agent_env, "agent_patches": args.agent_patch,
+        "piece_size": piece_size or "auto", "agent_env": agent_env,
+        "agent_patches": {p: Path(p).read_text() for p in args.agent_patch},
         "naive_runs": naive_runs, "modeldist_runs": md_runs, "links": links,
     }
     if overrides:
