@@ -1,10 +1,10 @@
 """Broadcast benchmark on the network testbed: ideal vs naive pull vs modeldist, over shaped links.
 
-    sudo .venv/bin/python bench/broadcast.py --nodes 2,4,8,16 --rate 200mbit \\
-        [--source DIR] [--size 256MiB] [--piece-size 1MiB] [--repeat K] \\
-        [--json bench/results/broadcast_sweep.json] [--plot bench/results/broadcast_sweep.png]
-    ... --slow-fraction 0.25 --slow-factor 0.5    # a quarter of the nodes at half rate
-    ... --kill-at 0.5                             # kill -9 one forwarding agent at 0.5 x ideal
+    sudo .venv/bin/python bench/broadcast.py --nodes 2,4,8,16 --rate 100mbit --repeat 2 --naive-repeat 1 \
+        [--source DIR] [--size 256MiB] [--piece-size 1MiB] \
+        --json bench/results/broadcast_sweep.json --plot bench/results/broadcast_sweep.png
+    ... --nodes 8 --slow-fraction 0.25 --slow-factor 0.5   # a quarter of the nodes at half rate
+    ... --nodes 8 --kill-at 0.5                            # kill -9 a forwarding agent at 0.5 x ideal
 
 For each N, in one ``bench.testbed.Testbed`` (origin + N nodes in network namespaces, every host's
 upload and download capped at R with ``tbf``) with moto's S3 server in the origin namespace
@@ -12,21 +12,29 @@ holding the model:
 
 - **ideal**: S / R, model bytes over the link rate (with slow nodes: S / the slowest download);
 - **naive**: every node fetches every file of the model from the S3 origin at once (``curl``, one
-  whole-object GET per file); time = max over nodes from the common start. Bound: N S / R, since
-  the origin's uplink carries N copies;
-- **modeldist**: a scheduler in the origin namespace and one agent per node (``modeldist agent``,
-  fixed data port, store under /dev/shm, ``--upload-bps R/8``), ``start_stage`` + ``wait_model``;
-  time = max over nodes of the scheduler's per-node seconds (Stage RPC -> the node's last piece
-  verified and its store marked complete), and p50; every store checked byte for byte against the
-  origin folder (``verify_store``); origin bytes = sum of the agents' origin counters.
+  signed whole-object GET per file); time = max over nodes from the common start. Bound: N S / R,
+  since the origin's uplink carries N copies;
+- **modeldist**: a fresh scheduler in the origin namespace and one agent per node (``modeldist
+  agent``, fixed data port, store under /dev/shm, ``--upload-bps R/8``), ``start_stage`` +
+  ``wait_model``; time = max over nodes of the scheduler's per-node seconds (from the job's creation
+  in the Stage RPC, after the manifest is built, to the node's store marked complete), and p50;
+  every store checked byte for byte against the origin folder (``verify_store``); origin bytes =
+  sum of the agents' origin counters.
 
-Also recorded per run: achievable TCP goodput on one link (iperf3, if installed), CPU busy fraction
-of the machine during the run and CPU seconds per process kind, tbf drop counters, the plan (parents
-per stripe) and a progress timeline (pieces held per node, every 0.25 s, from the scheduler).
-Repetitions alternate naive and modeldist; reported values are medians over repetitions.
+Recorded per run besides: TCP goodput of one link (iperf3, if installed), CPU of the machine by
+kind (agents, scheduler, moto, kernel softirq, other tenants: the machine may be shared), tbf drops,
+the plan (parents per stripe), a progress timeline, and **when every piece became verified on every
+node** (the stores' piece bitmaps, sampled every 50 ms), from which the origin's rate, the lag of
+each tree level behind its parent and the tail after the origin's last piece are derived.
+Repetitions alternate naive and modeldist; reported values are medians over repetitions. Before
+each run it waits (bounded) for the machine to be quiet (``--max-busy``).
+
+Experiments without editing modeldist: ``--agent-env KEY=VALUE`` (e.g. MODELDIST_CONCURRENCY=2),
+``--agent-patch FILE`` (a Python file exec'd in every agent before it starts: a monkeypatch of a
+proposed change, recorded with its source in the JSON), ``--piece-size``, ``--mtu 9000``.
 
 Must run as root (namespaces). Everything it creates is removed at the end, also on errors and
-Ctrl-C / SIGTERM (the testbed's teardown).
+Ctrl-C / SIGTERM (the testbed's teardown); on an error the logs are kept in /tmp/mdtb-logs.
 """
 
 from __future__ import annotations
@@ -36,7 +44,6 @@ import json
 import os
 import queue
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -537,9 +544,11 @@ def bench_one(n: int, rate_bps: float, origin_dir: Path, args, log=print) -> dic
         for rep in range(args.repeat):
             order = ["naive", "modeldist"] if rep % 2 == 0 else ["modeldist", "naive"]
             for what in order:
+                if what == "naive" and (args.skip_naive or args.kill_at is not None or rep >= args.naive_repeat):
+                    continue
                 quiet = machine_quiet(args.max_busy, args.quiet_timeout, log=log) if args.max_busy < 1 else None
                 drops0 = tb.qdisc_drops()
-                if what == "naive" and not args.skip_naive and args.kill_at is None and rep < args.naive_repeat:
+                if what == "naive":
                     r = run_naive(tb, origin_dir, key_prefix, timeout=naive_bound * 3 + 120, verify=args.verify_naive)
                     r["machine_before"] = quiet
                     r["drops"] = {k: v - drops0.get(k, 0) for k, v in tb.qdisc_drops().items() if v - drops0.get(k, 0)}
@@ -591,6 +600,8 @@ def bench_one(n: int, rate_bps: float, origin_dir: Path, args, log=print) -> dic
         res["fast_ideal_s"] = model_bytes * 8 / rate_bps
         res["fast_max_s"] = max(fast) if fast else None
         res["slow_max_s"] = max(slow) if slow else None
+        log(f"  fast nodes: max {res['fast_max_s']:.2f} s (their own ideal {res['fast_ideal_s']:.2f} s); "
+            f"slow nodes: max {res['slow_max_s']:.2f} s (ideal {ideal:.2f} s)")
     return res
 
 
