@@ -57,6 +57,7 @@ if str(ROOT) not in sys.path:
 
 from bench.testbed import PYTHON, THIS as TESTBED_PY, Testbed, TestbedError, parse_rate  # noqa: E402
 from modeldist.config import parse_size  # noqa: E402
+from modeldist.demo import _same  # noqa: E402  (one byte-compare for stores vs origin)
 
 SCHED_PORT = 7070
 DATA_PORT = 7100
@@ -194,16 +195,6 @@ def _human(n: float) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return str(n)
-
-
-def _same(a: Path, b: Path, chunk: int = 8 << 20) -> bool:
-    with open(a, "rb") as fa, open(b, "rb") as fb:
-        while True:
-            x, y = fa.read(chunk), fb.read(chunk)
-            if x != y:
-                return False
-            if not x:
-                return True
 
 
 def _model_files(folder: Path) -> list[Path]:
