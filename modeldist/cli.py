@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
+from ._fmt import human_bytes as _human
 from .config import Config, parse_size
 from .errors import ConfigError, ModelDistError
 
@@ -36,14 +37,6 @@ def _main(debug: bool = typer.Option(False, "--debug", help="Show tracebacks and
     _state["debug"] = debug
     level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def _progress() -> Progress:
@@ -206,7 +199,10 @@ def agent(scheduler: str = typer.Option(..., help="Scheduler address host:port."
           node_id: Optional[str] = typer.Option(None, help="Node id (default: hostname:port)."),
           zone: str = typer.Option("", help="Zone label (plans prefer same-zone edges)."),
           rack: str = typer.Option("", help="Rack label."),
-          upload_bps: float = typer.Option(0.0, help="Upload bandwidth estimate, bytes/s (0 = unknown)."),
+          upload_bps: float = typer.Option(0.0, help="Upload bandwidth, bytes/s (0 = unknown). Plans give "
+                                           "faster nodes more children; when set, each child session is "
+                                           "paced at a fair share of it."),
+          download_bps: float = typer.Option(0.0, help="Download bandwidth, bytes/s (0 = unknown)."),
           metrics_port: Optional[int] = typer.Option(None, help="Serve /metrics on this port."),
           rdma: str = typer.Option("auto", help="Data plane over RDMA: auto (when this node has a usable "
                                    "device), on (refuse to start without one), off (TCP only). Edges fall back "
@@ -230,7 +226,7 @@ def agent(scheduler: str = typer.Option(..., help="Scheduler address host:port."
     labels = {k: v for k, v in (("zone", zone), ("rack", rack)) if v}
     a = Agent(scheduler=scheduler, listen=listen, advertise=advertise, node_id=node_id,
               config=cfg, transport=transport,
-              labels=labels, upload_bps=upload_bps, stall_timeout=stall_timeout)
+              labels=labels, upload_bps=upload_bps, download_bps=download_bps, stall_timeout=stall_timeout)
     asyncio.run(a.run(ready=lambda ag: err_console.print(f"agent {ag.node_id} serving on {ag.data_addr}")))
 
 

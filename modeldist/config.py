@@ -53,6 +53,10 @@ class Config:
     piece_size: int | None = None
     #: Parallel origin reads (threads) when staging.
     concurrency: int = 8
+    #: Parallel origin reads of a stripe seed in the swarm. Few, so the seed's pieces land one after
+    #: the other in stripe order and its children get a steady stream instead of clumps of
+    #: ``concurrency`` pieces that all finish at once (bench/results/broadcast_profile.json).
+    seed_concurrency: int = 2
     #: Attempts per origin read before giving up with OriginError.
     retries: int = 5
     #: First retry delay in seconds; doubles each attempt (with jitter), capped at 10 s.
@@ -92,6 +96,8 @@ class Config:
             raise ConfigError(f"piece_size must be a multiple of 4 KiB between 4 KiB and 1 GiB, got {self.piece_size}")
         if self.concurrency < 1 or self.concurrency > 256:
             raise ConfigError(f"concurrency must be 1..256, got {self.concurrency}")
+        if self.seed_concurrency < 1 or self.seed_concurrency > 256:
+            raise ConfigError(f"seed_concurrency must be 1..256, got {self.seed_concurrency}")
         if self.retries < 1:
             raise ConfigError(f"retries must be >= 1, got {self.retries}")
         if not self.retry_backoff >= 0:

@@ -406,3 +406,43 @@ def test_a_destination_of_the_wrong_length_is_refused(transport):
             session.request([0])
             with pytest.raises(TransportError):
                 session.receive(lambda i, n: memoryview(bytearray(n - 1)), timeout=10)
+
+
+class PacedSource(MappedSource):
+    def __init__(self, data: bytes, rate: float):
+        super().__init__(data)
+        self.rate = rate
+
+    def send_rate(self) -> float:
+        return self.rate
+
+
+def test_tcp_session_is_paced_at_the_sources_send_rate():
+    """A source with ``send_rate()`` caps its sessions (SO_MAX_PACING_RATE): on loopback 4 MiB at
+    4 MiB/s cannot arrive in much under a second (unpaced it takes milliseconds). A lower bound
+    only: a busy machine can make it slower, never faster."""
+    transport = get_transport("tcp", config=Config.load(env={}))
+    data = payload(4 << 20, seed=7)
+    src = PacedSource(data, rate=4 << 20)
+    dest = Dest(src)
+    with serve(transport, src) as listener:
+        t0 = time.monotonic()
+        with transport.connect(listener.address, hello(), timeout=10) as session:
+            session.request(range(len(src.pieces)))
+            got, _ = receive_all(session, dest)
+        elapsed = time.monotonic() - t0
+    assert sorted(got) == list(range(len(src.pieces)))
+    assert bytes(dest.buf) == data
+    assert elapsed > 0.7, f"4 MiB paced at 4 MiB/s arrived in {elapsed:.2f}s"
+
+
+def test_job_send_rate_is_a_fair_share_of_upload():
+    from modeldist.agent.job import PACE_FRACTION, Job
+
+    job = Job.__new__(Job)  # only the rate arithmetic: no store, no threads
+    job.k, job.n_children, job.upload_bps = 4, 0, 0.0
+    assert job.send_rate() == 0.0                      # unknown upload: unpaced
+    job.upload_bps = 100e6
+    assert job.send_rate() == pytest.approx(PACE_FRACTION * 25e6)  # fewer children than stripes: 1/k
+    job.n_children = 10
+    assert job.send_rate() == pytest.approx(PACE_FRACTION * 10e6)

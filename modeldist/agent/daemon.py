@@ -163,7 +163,8 @@ class Agent:
                 raise ManifestError("assignment manifest does not match its model digest")
             job = Job(node_id=self.node_id, manifest=manifest, source=a.source, revision=a.revision,
                       key=bytes(a.session_key), ticket=bytes(a.ticket), stripes=a.stripes, store=self.store, config=self.config,
-                      transport=self.transport_name, stall_timeout=self.stall_timeout)
+                      transport=self.transport_name, stall_timeout=self.stall_timeout,
+                      upload_bps=self.upload_bps)
             self.jobs[a.model] = job
             self.epochs[a.model] = -1
         if a.epoch < self.epochs.get(a.model, -1):
@@ -173,7 +174,7 @@ class Agent:
         self.epochs[a.model] = a.epoch
         parents = [ParentRef() if p.origin else ParentRef(p.node_id, p.data_addr)
                    for p in sorted(a.parents, key=lambda p: p.stripe)]
-        job.apply(parents)
+        job.apply(parents, children=len(a.children))
 
     async def _report(self, stub) -> None:
         async def reports():

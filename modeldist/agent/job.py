@@ -36,6 +36,8 @@ __all__ = ["Job", "ParentRef"]
 log = logging.getLogger(__name__)
 
 DIGEST = 32
+#: share of a child's fair rate a parent paces at: a little under, so TCP/IP headers fit too
+PACE_FRACTION = 0.98
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,8 @@ class Counters:
 class Job:
     def __init__(self, *, node_id: str, manifest: Manifest, source: str, revision: str | None, key: bytes,
                  ticket: bytes,
-                 stripes: int, store: Store, config: Config, transport: str = "tcp", stall_timeout: float = 30.0):
+                 stripes: int, store: Store, config: Config, transport: str = "tcp", stall_timeout: float = 30.0,
+                 upload_bps: float = 0.0):
         self.node_id = node_id
         self.manifest = manifest
         self.model = manifest.digest
@@ -73,6 +76,8 @@ class Job:
         self.config = config
         self.transport = get_transport(transport, config=config)
         self.stall_timeout = stall_timeout
+        self.upload_bps = upload_bps
+        self.n_children = 0
         self.n = len(manifest.pieces)
         self.started = time.monotonic()
         self.finished_at: float | None = None
@@ -160,14 +165,28 @@ class Job:
             self.counters.sent += nbytes
         metrics.BYTES_SENT.labels(transport=transport).inc(nbytes)
 
+    def send_rate(self) -> float:
+        """Pace of one child session, bytes/s (0 = unpaced): a fair share of this node's upload.
+
+        Each child gets ``upload / max(k, children)``, a little under, so the k parents feeding a
+        child together fill its download link without any one stripe running ahead and the others
+        starving, and no child edge is starved by its siblings (bench/results/broadcast_profile.json:
+        the tail after the origin's last piece shrinks 3-5x).
+        """
+        if self.upload_bps <= 0:
+            return 0.0
+        return PACE_FRACTION * self.upload_bps / max(self.k, self.n_children, 1)
+
     def regions(self) -> dict:
         """The store mappings pieces are served from (registered by the RDMA transport)."""
         return self.buf.regions()
 
     # --- plan execution --------------------------------------------------------------------
 
-    def apply(self, parents: list[ParentRef]) -> None:
+    def apply(self, parents: list[ParentRef], children: int | None = None) -> None:
         """New parents per stripe: restart only the fetchers whose stripes changed."""
+        if children is not None:
+            self.n_children = children
         if self._closed or self.complete:
             self._parents = parents
             return
@@ -389,7 +408,7 @@ class _Fetcher:
 
             # fill_from_origin writes, hashes and commits to the buffer; the job's commit in
             # ``landed`` then publishes the piece and its digest to children and the scheduler
-            fill_from_origin(job.buf, origin, todo, concurrency=job.config.concurrency,
+            fill_from_origin(job.buf, origin, todo, concurrency=job.config.seed_concurrency,
                              on_piece=landed, cancel=self._stop)
 
     def _from_peer(self, todo: list[int]) -> None:

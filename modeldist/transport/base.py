@@ -53,6 +53,7 @@ class PieceSource(Protocol):
     # Optional (looked up with getattr): ``regions() -> Mapping[str, buffer]``, the model's
     # mappings (file path -> mmap or memoryview) that ``wait_piece`` views point into, for
     # transports that register memory (RDMA). Sources without it are served over TCP frames.
+    # ``send_rate() -> float``: bytes/s one child session should be paced at (0 = unpaced).
 
 
 #: Parent side: hello -> the source to serve from; raise AuthError / TransportError to refuse.

@@ -33,6 +33,8 @@ IDLE_LIMIT = 300.0
 #: open data sessions per listener, and per peer address (a child needs one per parent edge)
 MAX_SESSIONS = 1024
 MAX_SESSIONS_PER_PEER = 64
+#: Linux SO_MAX_PACING_RATE (not exported by Python's socket module): TCP's own pacing, no fq needed
+SO_MAX_PACING_RATE = getattr(socket, "SO_MAX_PACING_RATE", 47)
 
 
 def _deadlines(sock: socket.socket, seconds: float) -> None:
@@ -216,6 +218,7 @@ class TcpListener(Listener):
                 conn.sendall(wire.encode_reply(wire.UNKNOWN_MODEL, str(exc)))
                 return
             state = self._accepted(conn, recv_exact, hello, flags, source, peer)
+            _pace(conn, source)
             pending = wire.read_request(recv_exact, source.piece_count())
             _deadlines(conn, self._io_timeout)
             self._send_pieces(conn, source, pending, state)
@@ -292,6 +295,17 @@ class TcpListener(Listener):
         self._acceptor.join(timeout=5)
         for t in threads:
             t.join(timeout=5)
+
+
+def _pace(conn: socket.socket, source) -> None:
+    """Cap this session's send rate at the source's ``send_rate()`` (bytes/s; 0 or absent = none)."""
+    rate = getattr(source, "send_rate", None)
+    rate = rate() if callable(rate) else 0
+    if rate and rate > 0:
+        try:
+            conn.setsockopt(socket.SOL_SOCKET, SO_MAX_PACING_RATE, min(int(rate), 0xFFFFFFFF))
+        except OSError as exc:  # not Linux, or an old kernel: unpaced
+            log.debug("no pacing: %s", exc)
 
 
 def _sendall2(conn: socket.socket, head: bytes, view: memoryview) -> None:
