@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # `python bench/x.py` from a checkout without `pip install -e .`
     sys.path.insert(0, str(ROOT))
 
+from modeldist._fmt import human_bytes as _human_bytes  # noqa: E402
 from modeldist.config import parse_size  # noqa: E402
 
 GIB = 1 << 30
@@ -273,11 +274,7 @@ def write_json(path: str | os.PathLike | None, obj: Any) -> None:
 
 
 def human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.2f} {unit}"
-        n /= 1024
-    return f"{n}"
+    return _human_bytes(n, digits=2)
 
 
 def human_rate(bps: float) -> str:

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 
 import grpc
 
+from ._fmt import human_bytes as _human  # noqa: F401  (modeldist.demo imports it from here)
 from .errors import ModelDistError, OriginError
 from .proto import pb, pb_grpc
 from .scheduler.service import GRPC_OPTIONS
@@ -125,14 +126,6 @@ def wait_model(address: str, model: str, *, timeout: float = 3600, on_update=Non
         if time.monotonic() > deadline:
             raise ModelDistError(f"model {model[:12]} not complete on every node within {timeout:.0f}s")
         time.sleep(poll)
-
-
-def _human(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def node_table(row: ModelRow, title: str = ""):
