@@ -155,6 +155,9 @@ def stage(source: str = typer.Argument(..., help="hf://org/name[@rev], a folder 
 def scheduler(listen: str = typer.Option("127.0.0.1:7070", help="Address to serve gRPC on."),
               metrics_port: Optional[int] = typer.Option(None, help="Serve /metrics on this port."),
               dead_after: float = typer.Option(5.0, help="Seconds of silence before a node is declared dead."),
+              resume_grace: float = typer.Option(6.0, help="After a restart: seconds to wait for the nodes of a "
+                                                 "running broadcast to re-register before rebuilding it without "
+                                                 "the missing ones."),
               tls_cert: Optional[str] = TLS_CERT, tls_key: Optional[str] = TLS_KEY, tls_ca: Optional[str] = TLS_CA,
               token_file: Optional[str] = TOKEN_FILE) -> None:
     """Run the scheduler (plans broadcasts, tracks progress, repairs on failure)."""
@@ -166,7 +169,7 @@ def scheduler(listen: str = typer.Option("127.0.0.1:7070", help="Address to serv
     if metrics_port is not None:
         metrics.serve(metrics_port)
     cfg = _secure(tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca, token_file=token_file)
-    asyncio.run(serve(listen, config=cfg, dead_after=dead_after,
+    asyncio.run(serve(listen, config=cfg, dead_after=dead_after, resume_grace=resume_grace,
                       ready=lambda a: err_console.print(f"scheduler listening on {a}")))
 
 

@@ -40,6 +40,7 @@ from modeldist.scheduler.planner import (
     default_stripes,
     plan_broadcast,
     remove_node,
+    restore_plan,
 )
 
 # ----------------------------------------------------------------------------------------------
@@ -621,3 +622,65 @@ def test_ten_thousand_nodes() -> None:
     check_structure(after)
     assert after.epoch == 3 and len(after.nodes) == n - 1
     assert after.children_of("late") == set()
+
+
+# ----------------------------------------------------------------------------------------------
+# restore (a restarted scheduler rebuilds the plan from what the nodes execute)
+
+
+def _reports(plan: BroadcastPlan, skip=()) -> dict:
+    return {n: plan.parents_of(n) for n in plan.nodes if n not in skip}
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 17, 64])
+def test_restore_reproduces_the_running_plan(n: int) -> None:
+    plan = remove_node(plan_broadcast(cluster(n + 1, seed=n, bw="mixed")), "n00000")  # a repaired plan too
+    back = restore_plan(plan.nodes.values(), _reports(plan), epoch=plan.epoch + 1)
+    check_structure(back)
+    assert [t.root for t in back.stripes] == [t.root for t in plan.stripes]
+    assert [dict(t.parent) for t in back.stripes] == [dict(t.parent) for t in plan.stripes]
+    assert back.epoch == plan.epoch + 1
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(2, 40), seed=st.integers(0, 10_000), gone=st.integers(1, 6))
+def test_restore_without_the_nodes_that_did_not_come_back(n: int, seed: int, gone: int) -> None:
+    """Nodes that never re-registered (roots among them) are repaired away as after a failure:
+    their children re-parented, and no more live edges move than that repair displaces (a leaf
+    pushed down per adopted orphan at most)."""
+    plan = plan_broadcast(cluster(n, seed=seed, bw="mixed"))
+    rnd = random.Random(seed)
+    ghosts = set(rnd.sample(sorted(plan.nodes), min(gone, n - 1)))
+    back = restore_plan(plan.nodes.values(), _reports(plan, skip=ghosts))
+    check_structure(back)
+    assert set(back.nodes) == set(plan.nodes) - ghosts
+    moved = orphaned = 0
+    for node in back.nodes:
+        for s, (old, new) in enumerate(zip(plan.parents_of(node), back.parents_of(node))):
+            if old in ghosts or plan.stripes[s].root in ghosts:
+                orphaned += 1
+            elif old != new:
+                moved += 1
+    assert moved <= orphaned
+
+
+def test_restore_refuses_reports_that_are_not_one_tree_per_stripe() -> None:
+    plan = plan_broadcast(cluster(8))
+    reports = _reports(plan)
+    two_roots = dict(reports)
+    a = next(n for n in reports if reports[n][0] is not None)
+    two_roots[a] = [None, *reports[a][1:]]
+    with pytest.raises(PlanError, match="roots"):
+        restore_plan(plan.nodes.values(), two_roots)
+    cyc = dict(reports)
+    r = plan.stripes[0].root
+    child = sorted(plan.stripes[0].children()[r])[0]
+    cyc[r] = [child, *reports[r][1:]]
+    with pytest.raises(PlanError):
+        restore_plan(plan.nodes.values(), cyc)
+    with pytest.raises(PlanError, match="stripe counts"):
+        restore_plan(plan.nodes.values(), {**reports, a: reports[a][:-1]})
+    with pytest.raises(PlanError, match="unknown"):
+        restore_plan(plan.nodes.values(), {**reports, "stranger": reports[a]})
+    with pytest.raises(PlanError):
+        restore_plan(plan.nodes.values(), {})

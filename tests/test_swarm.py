@@ -38,6 +38,7 @@ import safetensors.numpy
 import modeldist
 from modeldist.cluster import ModelRow, get_status, start_stage, wait_model
 from modeldist.demo import LocalCluster, generate_model, verify_store
+from modeldist.errors import ModelDistError
 from modeldist.manifest import Manifest
 
 from tests.swarm_helpers import (
@@ -444,6 +445,51 @@ def test_restarted_agent_resumes_from_its_store(s3, clusters):
         assert fetched < total, back
         assert fetched == missing_bytes, (fetched, missing_bytes, len(held))
         assert_bit_identical(cluster, model, [n.node_id for n in row.nodes], s3.synth_dir)
+
+
+@pytest.mark.timeout(150)
+def test_scheduler_restart_mid_broadcast(s3, clusters):
+    """kill -9 of the scheduler mid-broadcast, then a new one on the same address: the agents carry
+    on meanwhile, re-register with what they execute, and the new scheduler rebuilds the job from
+    them: the same trees (nobody changes parents), the digest table from what they hold, no second
+    manifest read, and the origin is still read exactly once."""
+    with CountingProxy(s3.port, rate=SLOW_ORIGIN) as proxy:
+        cluster = clusters.start(4, piece_size=f"{SMALL_PIECE}", env=s3.env)
+        model, _, total = start_stage(cluster.address, s3_uri(proxy.port, BUCKET, SYNTH))
+        before = wait_until(cluster.address, model, lambda r: 0.1 <= fraction(r) <= 0.5, 60,
+                            "the broadcast to be under way")
+        parents_before = {n.node_id: list(n.parents) for n in before.nodes}
+        cluster.scheduler.kill()
+        cluster.scheduler.wait(timeout=10)
+        at_kill = fraction(before)
+        time.sleep(1.0)  # the data plane runs on without a scheduler
+        cluster.start_scheduler()
+        row = wait_for(lambda: _row_or_none(cluster.address, model), 30, "the job to be rebuilt")
+        w = watch(cluster.address, model)
+        print("progress after the restart:", w.timeline)
+        row = w.row
+        nodes = sorted(n.node_id for n in row.nodes)
+        assert nodes == ["node0", "node1", "node2", "node3"], row
+        assert all(n.complete and n.state == "complete" for n in row.nodes), row
+        assert at_kill < 1.0
+        assert {n.node_id: list(n.parents) for n in row.nodes} == parents_before, "the trees changed"
+        assert_bit_identical(cluster, model, nodes, s3.synth_dir)
+        # the counters survive the restart (they came back with the agents) and add up
+        assert sum(n.origin_bytes for n in row.nodes) == total
+        for n in row.nodes:
+            assert n.origin_bytes + n.peer_bytes == total, n
+        # at the origin: the model once, the headers once (the new scheduler got the manifest from
+        # its nodes, not from the origin)
+        assert proxy.stats.object_bytes(BUCKET) == total + header_bytes(s3.synth_dir)
+        assert all(alive(cluster.address).values())
+
+
+def _row_or_none(address: str, model: str):
+    try:
+        st = get_status(address, model)
+    except ModelDistError:
+        return None
+    return next((m for m in st.models if m.model == model and m.stripes), None)
 
 
 @pytest.mark.timeout(120)

@@ -63,6 +63,7 @@ class Agent:
         self._heartbeat = 1.0
         self._stopping = asyncio.Event()
         self._md = call_metadata(self.config)
+        self._scheduler_id: str | None = None
 
     @property
     def node_id(self) -> str:
@@ -95,8 +96,16 @@ class Agent:
                     spec = pb.NodeSpec(node_id=self.node_id, data_addr=self.data_addr, upload_bps=self.upload_bps,
                                        download_bps=self.download_bps, labels=self.labels,
                                        transports=[self.transport_name])
-                    reply = await stub.Register(pb.RegisterRequest(node=spec), timeout=10, metadata=self._md)
+                    # what this node executes goes with it: a restarted scheduler rebuilds its jobs from it
+                    resume = await loop.run_in_executor(None, self._resume_msgs)
+                    reply = await stub.Register(pb.RegisterRequest(node=spec, resume=resume), timeout=30,
+                                                metadata=self._md)
                     self._heartbeat = reply.heartbeat_s or 1.0
+                    if self._scheduler_id is not None and reply.scheduler_id != self._scheduler_id:
+                        log.warning("scheduler %s restarted: resuming %d job(s) with it", self.scheduler,
+                                    len(resume))
+                        self.epochs = {m: -1 for m in self.epochs}  # its plan epochs start over
+                    self._scheduler_id = reply.scheduler_id
                     log.info("registered with %s as %s (data %s)", self.scheduler, self.node_id, self.data_addr)
                     if not announced and ready is not None:
                         ready(self)
@@ -162,6 +171,7 @@ class Agent:
             if manifest.digest != a.model:
                 raise ManifestError("assignment manifest does not match its model digest")
             job = Job(node_id=self.node_id, manifest=manifest, source=a.source, revision=a.revision,
+                      manifest_json=bytes(a.manifest_json),
                       key=bytes(a.session_key), ticket=bytes(a.ticket), stripes=a.stripes, store=self.store, config=self.config,
                       transport=self.transport_name, stall_timeout=self.stall_timeout,
                       upload_bps=self.upload_bps)
@@ -171,10 +181,17 @@ class Agent:
             return  # an older plan overtaken by a newer one
         if a.ticket:
             job.ticket = bytes(a.ticket)  # re-issued before the old one expires
+        if a.session_key and bytes(a.session_key) != job.key:
+            job.key = bytes(a.session_key)  # a scheduler that rebuilt the job without this node's key
         self.epochs[a.model] = a.epoch
+        job.epoch = a.epoch
+        job.children = list(a.children)
         parents = [ParentRef() if p.origin else ParentRef(p.node_id, p.data_addr)
                    for p in sorted(a.parents, key=lambda p: p.stripe)]
         job.apply(parents, children=len(a.children))
+
+    def _resume_msgs(self) -> list:
+        return [_resume_msg(job) for model, job in list(self.jobs.items()) if job.error is None]
 
     async def _report(self, stub) -> None:
         async def reports():
@@ -260,6 +277,23 @@ def _progress_msg(node_id: str, model: str, r: dict):
         msg.digests.digests = r["digest_blob"]
     for peer, piece, kind, detail in r["failures"]:
         msg.failures.append(pb.Failure(peer=peer, piece=piece, kind=kind, detail=detail[:500]))
+    return msg
+
+
+def _resume_msg(job: Job):
+    """What this node executes for ``job``: enough for a restarted scheduler to rebuild it."""
+    st = job.resume_state()
+    msg = pb.ResumeJob(model=job.model, manifest_json=job.manifest_json, source=job.source,
+                       revision=job.revision or "", session_key=job.key, epoch=max(job.epoch, 0), stripes=job.k,
+                       children=job.children, complete=st["complete"], have=st["have"],
+                       bytes_from_origin=st["origin"], bytes_from_peers=st["peer"], bytes_sent=st["sent"],
+                       bytes_by_transport=st["by_transport"])
+    for s, p in enumerate(st["parents"]):
+        msg.parents.append(pb.Parent(stripe=s, origin=True) if p.origin
+                           else pb.Parent(stripe=s, node_id=p.node_id, data_addr=p.addr))
+    msg.digests.model = job.model
+    msg.digests.indices.extend(st["digest_indices"])
+    msg.digests.digests = st["digest_blob"]
     return msg
 
 

@@ -64,10 +64,14 @@ class Job:
     def __init__(self, *, node_id: str, manifest: Manifest, source: str, revision: str | None, key: bytes,
                  ticket: bytes,
                  stripes: int, store: Store, config: Config, transport: str = "tcp", stall_timeout: float = 30.0,
-                 upload_bps: float = 0.0):
+                 upload_bps: float = 0.0, manifest_json: bytes = b""):
         self.node_id = node_id
         self.manifest = manifest
+        #: the manifest as the scheduler sent it (a restarted scheduler gets it back from us)
+        self.manifest_json = manifest_json or manifest.to_json()
         self.model = manifest.digest
+        self.epoch = -1                # of the assignment being executed
+        self.children: list[str] = []
         self.source = source
         self.revision = revision or None
         self.key = key          # checks children's tickets
@@ -264,6 +268,19 @@ class Job:
             self._new_have, self._new_digests, self._failures = [], [], []
             out["digest_blob"] = b"".join(bytes(self.digests[i * DIGEST:(i + 1) * DIGEST]) for i in out["digests"])
         return out
+
+    def resume_state(self) -> dict:
+        """Everything a restarted scheduler needs from this job (one consistent snapshot)."""
+        with self.cond:
+            have = [i for i in range(self.n) if self.have[i]]
+            held = [i for i in have if self.known[i]]
+            return {
+                "have": have, "complete": self.complete, "parents": list(self._parents),
+                "digest_indices": held,
+                "digest_blob": b"".join(bytes(self.digests[i * DIGEST:(i + 1) * DIGEST]) for i in held),
+                "origin": self.counters.origin, "peer": self.counters.peer, "sent": self.counters.sent,
+                "by_transport": dict(self.counters.by_transport),
+            }
 
     def wait_complete(self, timeout: float) -> bool:
         deadline = time.monotonic() + timeout

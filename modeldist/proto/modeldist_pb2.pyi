@@ -30,20 +30,67 @@ class NodeSpec(_message.Message):
     def __init__(self, node_id: _Optional[str] = ..., data_addr: _Optional[str] = ..., upload_bps: _Optional[float] = ..., download_bps: _Optional[float] = ..., labels: _Optional[_Mapping[str, str]] = ..., transports: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
-    __slots__ = ("node",)
+    __slots__ = ("node", "resume")
     NODE_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FIELD_NUMBER: _ClassVar[int]
     node: NodeSpec
-    def __init__(self, node: _Optional[_Union[NodeSpec, _Mapping]] = ...) -> None: ...
+    resume: _containers.RepeatedCompositeFieldContainer[ResumeJob]
+    def __init__(self, node: _Optional[_Union[NodeSpec, _Mapping]] = ..., resume: _Optional[_Iterable[_Union[ResumeJob, _Mapping]]] = ...) -> None: ...
+
+class ResumeJob(_message.Message):
+    __slots__ = ("model", "manifest_json", "source", "revision", "session_key", "epoch", "stripes", "parents", "children", "complete", "have", "digests", "bytes_from_origin", "bytes_from_peers", "bytes_sent", "bytes_by_transport")
+    class BytesByTransportEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    MANIFEST_JSON_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    SESSION_KEY_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    STRIPES_FIELD_NUMBER: _ClassVar[int]
+    PARENTS_FIELD_NUMBER: _ClassVar[int]
+    CHILDREN_FIELD_NUMBER: _ClassVar[int]
+    COMPLETE_FIELD_NUMBER: _ClassVar[int]
+    HAVE_FIELD_NUMBER: _ClassVar[int]
+    DIGESTS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FROM_ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FROM_PEERS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_SENT_FIELD_NUMBER: _ClassVar[int]
+    BYTES_BY_TRANSPORT_FIELD_NUMBER: _ClassVar[int]
+    model: str
+    manifest_json: bytes
+    source: str
+    revision: str
+    session_key: bytes
+    epoch: int
+    stripes: int
+    parents: _containers.RepeatedCompositeFieldContainer[Parent]
+    children: _containers.RepeatedScalarFieldContainer[str]
+    complete: bool
+    have: _containers.RepeatedScalarFieldContainer[int]
+    digests: Digests
+    bytes_from_origin: int
+    bytes_from_peers: int
+    bytes_sent: int
+    bytes_by_transport: _containers.ScalarMap[str, int]
+    def __init__(self, model: _Optional[str] = ..., manifest_json: _Optional[bytes] = ..., source: _Optional[str] = ..., revision: _Optional[str] = ..., session_key: _Optional[bytes] = ..., epoch: _Optional[int] = ..., stripes: _Optional[int] = ..., parents: _Optional[_Iterable[_Union[Parent, _Mapping]]] = ..., children: _Optional[_Iterable[str]] = ..., complete: _Optional[bool] = ..., have: _Optional[_Iterable[int]] = ..., digests: _Optional[_Union[Digests, _Mapping]] = ..., bytes_from_origin: _Optional[int] = ..., bytes_from_peers: _Optional[int] = ..., bytes_sent: _Optional[int] = ..., bytes_by_transport: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
 class RegisterReply(_message.Message):
-    __slots__ = ("node_id", "heartbeat_s", "dead_after_s")
+    __slots__ = ("node_id", "heartbeat_s", "dead_after_s", "scheduler_id")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     HEARTBEAT_S_FIELD_NUMBER: _ClassVar[int]
     DEAD_AFTER_S_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULER_ID_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     heartbeat_s: float
     dead_after_s: float
-    def __init__(self, node_id: _Optional[str] = ..., heartbeat_s: _Optional[float] = ..., dead_after_s: _Optional[float] = ...) -> None: ...
+    scheduler_id: str
+    def __init__(self, node_id: _Optional[str] = ..., heartbeat_s: _Optional[float] = ..., dead_after_s: _Optional[float] = ..., scheduler_id: _Optional[str] = ...) -> None: ...
 
 class JoinRequest(_message.Message):
     __slots__ = ("node_id",)

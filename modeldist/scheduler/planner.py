@@ -7,6 +7,9 @@ gets about ``k`` child slots, scaled by its upload bandwidth relative to the med
 uplink carries about one copy of the model and the depth is about log_k(N). Leaves prefer a parent
 in their rack, then their zone, then the shallowest parent with a free slot.
 
+A restarted scheduler rebuilds a running plan from what its nodes say they execute
+(``restore_plan``): the trees stay as they are, so no data session has to move.
+
 Repair is incremental: ``remove_node`` re-parents only the dead node's children (a dead root is
 replaced by one of its interior children); ``add_node`` attaches a late joiner as a leaf in every
 stripe to parents with spare slots. Both return a new plan with ``epoch + 1``.
@@ -25,7 +28,7 @@ from typing import Iterable, Mapping, Sequence
 from ..errors import PlanError
 
 __all__ = ["NodeInfo", "StripeTree", "BroadcastPlan", "plan_broadcast", "remove_node", "add_node",
-           "default_stripes"]
+           "restore_plan", "default_stripes"]
 
 
 @dataclass(frozen=True)
@@ -254,6 +257,66 @@ def add_node(plan: BroadcastPlan, node: NodeInfo) -> BroadcastPlan:
     home = {**plan.home, node.node_id: None}
     trees = tuple(_attach(t, [node.node_id], nodes, home, plan.slots) for t in plan.stripes)
     return replace(plan, stripes=trees, nodes=nodes, home=home, epoch=plan.epoch + 1)
+
+
+def restore_plan(nodes: Iterable[NodeInfo], parents: Mapping[str, Sequence[str | None]], *, epoch: int = 0,
+                 fanout: int | None = None) -> BroadcastPlan:
+    """The plan the nodes are executing, rebuilt from each one's parents per stripe (None = origin).
+
+    ``nodes`` may hold nodes that did not say (``parents`` has no entry: they are gone, or never
+    came back): they are placed under each stripe's root (or as the root of a stripe nobody else
+    roots) and then removed with ``remove_node``, which re-parents their children as after any
+    failure. Raises PlanError when the reports do not form one tree per stripe (two roots, a
+    cycle, unknown parents, different stripe counts); the caller then plans afresh.
+    """
+    infos = {n.node_id: n for n in nodes}
+    if not parents:
+        raise PlanError("no node reported its parents")
+    unknown = set(parents) - set(infos)
+    if unknown:
+        raise PlanError(f"parents reported for unknown nodes: {sorted(unknown)[:3]}")
+    ks = {len(ps) for ps in parents.values()}
+    if len(ks) != 1 or 0 in ks:
+        raise PlanError(f"nodes report different stripe counts: {sorted(ks)}")
+    k = ks.pop()
+    ghosts = sorted(set(infos) - set(parents))
+    trees = []
+    for s in range(k):
+        roots = sorted(n for n, ps in parents.items() if ps[s] is None)
+        parent = {n: ps[s] for n, ps in parents.items() if ps[s] is not None}
+        for c, p in parent.items():
+            if p not in infos or p == c:
+                raise PlanError(f"stripe {s}: {c} names an unknown parent {p!r}")
+        if len(roots) > 1:
+            raise PlanError(f"stripe {s}: {len(roots)} roots ({', '.join(roots[:3])})")
+        if not roots:
+            # the root did not report; it must be a ghost that someone names as its parent
+            named = sorted({p for p in parent.values() if p in ghosts})
+            if not named:
+                raise PlanError(f"stripe {s}: no root")
+            root = named[0]
+        else:
+            root = roots[0]
+        for g in ghosts:
+            if g != root and g not in parent:
+                parent[g] = root
+        tree = StripeTree(s, root, parent)
+        tree.depth()  # PlanError on a cycle
+        if tree.nodes() != set(infos):
+            raise PlanError(f"stripe {s}: nodes not connected to its root")
+        trees.append(tree)
+    ordered = _order(infos.values())
+    f = max(2, k) if fanout is None else fanout
+    home: dict[str, int | None] = {n: None for n in infos}
+    for t in trees:
+        for n in sorted({t.root, *t.parent.values()}):
+            if home[n] is None:
+                home[n] = t.stripe
+    plan = BroadcastPlan(tuple(trees), {n.node_id: n for n in ordered}, home, f, epoch, _slots(ordered, f))
+    for g in ghosts:
+        if len(plan.nodes) > 1:
+            plan = remove_node(plan, g)
+    return plan
 
 
 # ----------------------------------------------------------------------------------------------

@@ -7,6 +7,12 @@ in is repaired incrementally (``planner.remove_node``) and only the nodes whose 
 a new assignment. Digests computed by stripe seeds are collected and pushed to every node of the
 model in batches, so children verify what their parents send against what the origin held.
 
+Restart: the scheduler keeps no state on disk; its nodes hold it. Agents re-register with what
+they execute (``ResumeJob``: manifest, session key, parents per stripe, pieces and digests held),
+the data plane carries on meanwhile, and a job seen again is rebuilt once every node it names is
+back or ``resume_grace`` has passed: the same trees (``planner.restore_plan``), nodes that did not
+come back repaired away, the digest table from what the nodes hold (a stripe root's word first).
+
 Must not: touch model bytes beyond the safetensors headers it reads to build a manifest.
 """
 
@@ -72,20 +78,27 @@ class ModelJob:
     source: str
     revision: str
     key: bytes                     # data-session key of this model (tickets are minted with it)
-    plan: BroadcastPlan
+    plan: BroadcastPlan | None
     digests: bytearray
     known: bytearray
     progress: dict[str, NodeProgress] = field(default_factory=dict)
     pending_digests: list[int] = field(default_factory=list)
     replans: int = 0
     excluded: set = field(default_factory=set)
+    #: while rebuilding after a scheduler restart (plan is None): node -> what it said it executes
+    resumed: dict | None = None
+    resume_since: float = 0.0
 
 
 class SchedulerService(pb_grpc.SchedulerServicer):
-    def __init__(self, config: Config | None = None, *, heartbeat: float = 1.0, dead_after: float = 5.0):
+    def __init__(self, config: Config | None = None, *, heartbeat: float = 1.0, dead_after: float = 5.0,
+                 resume_grace: float = 6.0):
         self.config = config or Config.load()
         self.heartbeat = heartbeat
         self.dead_after = dead_after
+        self.resume_grace = resume_grace
+        #: random per process: agents that see it change know plan epochs start over
+        self.instance = secrets.token_hex(8)
         self.nodes: dict[str, NodeState] = {}
         self.jobs: dict[str, ModelJob] = {}
         self._tasks: list[asyncio.Task] = []
@@ -116,9 +129,13 @@ class SchedulerService(pb_grpc.SchedulerServicer):
             log.info("node %s is back", spec.node_id)
         self.nodes[spec.node_id] = NodeState(spec=spec)
         metrics.SCHEDULER_NODES.set(sum(1 for n in self.nodes.values() if n.alive))
+        for r in request.resume:
+            self._resume(spec.node_id, r)
         # a node that comes back (restart on its store) rejoins its unfinished broadcasts as a
         # late joiner: it resumes from its own pieces and fetches only what it lacks
         for job in self.jobs.values():
+            if job.plan is None:
+                continue  # being rebuilt: the node is part of it
             prog = job.progress.get(spec.node_id)
             if prog is not None and spec.node_id not in job.plan.nodes and spec.node_id not in job.excluded:
                 job.plan = planner.add_node(job.plan, self._info(spec.node_id))
@@ -126,7 +143,8 @@ class SchedulerService(pb_grpc.SchedulerServicer):
                 prog.state = "fetching" if not prog.complete else "complete"
                 metrics.REPLANS.labels(reason="join").inc()
         log.info("registered %s at %s", spec.node_id, spec.data_addr)
-        return pb.RegisterReply(node_id=spec.node_id, heartbeat_s=self.heartbeat, dead_after_s=self.dead_after)
+        return pb.RegisterReply(node_id=spec.node_id, heartbeat_s=self.heartbeat, dead_after_s=self.dead_after,
+                                scheduler_id=self.instance)
 
     async def Join(self, request, context):
         node = self.nodes.get(request.node_id)
@@ -138,7 +156,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         node.last_seen = time.monotonic()
         # a node that (re)joins gets its current assignments and every digest known so far
         for job in self.jobs.values():
-            if request.node_id in job.plan.nodes:
+            if job.plan is not None and request.node_id in job.plan.nodes:
                 self._send_assignment(job, request.node_id)
                 known = [i for i in range(len(job.known)) if job.known[i]]
                 if known:
@@ -190,6 +208,8 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         if not wanted:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, "no registered agent to stage on")
         job = self.jobs.get(manifest.digest)
+        if job is not None and job.plan is None:
+            self._finish_resume(job)  # being rebuilt after a restart: settle it now, then add to it
         if job is None:
             infos = [self._info(n) for n in sorted(wanted)]
             plan = planner.plan_broadcast(infos)
@@ -226,14 +246,15 @@ class SchedulerService(pb_grpc.SchedulerServicer):
             if request.model and request.model != digest:
                 continue
             ms = pb.ModelStatus(model=digest, source=job.source, total_bytes=job.manifest.total_size,
-                                pieces=len(job.manifest.pieces), stripes=job.plan.k, replans=job.replans)
+                                pieces=len(job.manifest.pieces), stripes=job.plan.k if job.plan else 0,
+                                replans=job.replans)
             for nid, prog in sorted(job.progress.items()):
                 np_ = pb.NodeProgress(
                     node_id=nid, have=len(prog.have), complete=prog.complete, rate_bps=prog.rate,
                     bytes_from_origin=prog.origin, bytes_from_peers=prog.peer, state=prog.state, error=prog.error,
                     bytes_by_transport=prog.by_transport, reparented_from=prog.reparented_from,
                     seconds=((prog.finished or now) - prog.started))
-                if nid in job.plan.nodes:
+                if job.plan is not None and nid in job.plan.nodes:
                     np_.parents.extend(self._parents_pb(job, nid))
                 ms.nodes.append(np_)
             reply.models.append(ms)
@@ -257,7 +278,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
 
     def _send_assignment(self, job: ModelJob, node_id: str) -> None:
         node = self.nodes.get(node_id)
-        if node is None or node.queue is None:
+        if node is None or node.queue is None or job.plan is None:
             return
         digest = job.manifest.digest
         a = pb.Assignment(model=digest, source=job.source, revision=job.revision, stripes=job.plan.k,
@@ -292,7 +313,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         prog.have.update(i for i in r.have if i < n)
         if r.digests.indices:
             blob = r.digests.digests
-            if len(blob) == DIGEST * len(r.digests.indices) and node_id in job.plan.roots():
+            if len(blob) == DIGEST * len(r.digests.indices) and node_id in self._roots(job):
                 for j, i in enumerate(r.digests.indices):
                     if i < n and not job.known[i]:
                         job.digests[i * DIGEST:(i + 1) * DIGEST] = blob[j * DIGEST:(j + 1) * DIGEST]
@@ -319,6 +340,8 @@ class SchedulerService(pb_grpc.SchedulerServicer):
 
     def _on_failure(self, job: ModelJob, reporter: str, f) -> None:
         peer = f.peer
+        if job.plan is None:
+            return  # rebuilding: the reporter's fetcher retries; it reports again after
         if f.kind == "corrupt" and peer in job.plan.nodes:
             log.warning("model %s: %s reports corrupt piece %d from %s: excluding it", job.manifest.digest[:12],
                         reporter, f.piece, peer)
@@ -347,10 +370,10 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         if node.queue is not None:
             node.queue.put_nowait(None)
         for job in self.jobs.values():
-            if node_id in job.plan.nodes:
+            if job.plan is not None and node_id in job.plan.nodes:
                 self._remove_from_job(job, node_id, why)
-                if node_id in job.progress and not job.progress[node_id].complete:
-                    job.progress[node_id].state = "dead"
+            if node_id in job.progress and not job.progress[node_id].complete:
+                job.progress[node_id].state = "dead"
 
     def _remove_from_job(self, job: ModelJob, node_id: str, why: str) -> None:
         if len(job.plan.nodes) <= 1:
@@ -372,12 +395,118 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         log.info("model %s re-planned without %s (%s): epoch %d", job.manifest.digest[:12], node_id, why,
                  job.plan.epoch)
 
+    # --- rebuilding after a restart ----------------------------------------------------------
+
+    def _roots(self, job: ModelJob) -> set[str]:
+        """Nodes whose digests are taken as the origin's: stripe roots (as they said, while rebuilding)."""
+        if job.plan is not None:
+            return set(job.plan.roots())
+        return {n for n, r in (job.resumed or {}).items() if any(p.origin for p in r.parents)}
+
+    def _resume(self, node_id: str, r) -> None:
+        """A re-registering node says it is in broadcast ``r.model``: rebuild that job from it."""
+        job = self.jobs.get(r.model)
+        if job is None:
+            try:
+                manifest = Manifest.from_json(bytes(r.manifest_json))
+            except ModelDistError as exc:
+                log.warning("%s: cannot resume model %s: %s", node_id, r.model[:12], exc)
+                return
+            if manifest.digest != r.model or len(r.session_key) < 16:
+                log.warning("%s: cannot resume model %s: manifest or key does not match", node_id, r.model[:12])
+                return
+            n = len(manifest.pieces)
+            job = ModelJob(manifest=manifest, manifest_json=manifest.to_json(), source=r.source, revision=r.revision,
+                           key=bytes(r.session_key), plan=None, digests=bytearray(DIGEST * n), known=bytearray(n),
+                           resumed={}, resume_since=time.monotonic())
+            self.jobs[r.model] = job
+            log.info("model %s: rebuilding from its nodes (first: %s)", r.model[:12], node_id)
+        n = len(job.manifest.pieces)
+        if node_id in job.excluded:
+            return
+        prog = NodeProgress(have={i for i in r.have if i < n}, complete=r.complete, origin=r.bytes_from_origin,
+                            peer=r.bytes_from_peers, sent=r.bytes_sent, by_transport=dict(r.bytes_by_transport),
+                            state="complete" if r.complete else "fetching")
+        if r.complete:
+            prog.finished = prog.started
+        job.progress[node_id] = prog
+        if job.plan is None:
+            job.resumed[node_id] = r
+        # (a node back after the rebuild joins as a late joiner: Register's loop adds it)
+
+    def _resume_ready(self, job: ModelJob) -> bool:
+        """Every node the resumed reports name (parents, children) is back and has said its part."""
+        named = set(job.resumed)
+        for r in job.resumed.values():
+            named.update(p.node_id for p in r.parents if not p.origin)
+            named.update(r.children)
+        return all(n in job.resumed and self.nodes.get(n) is not None and self.nodes[n].alive for n in named)
+
+    def _finish_resume(self, job: ModelJob) -> None:
+        resumed, job.resumed = job.resumed or {}, None
+        digest = job.manifest.digest
+        live = {n: r for n, r in resumed.items() if n in self.nodes and self.nodes[n].alive}
+        parents = {n: [None if p.origin else p.node_id for p in sorted(r.parents, key=lambda p: p.stripe)]
+                   for n, r in live.items() if r.parents}
+        addrs = {p.node_id: p.data_addr for r in resumed.values() for p in r.parents if not p.origin}
+        infos = [self._info(n) for n in parents]
+        infos += [planner.NodeInfo(g, a) for g, a in sorted(addrs.items()) if g not in parents]
+        epoch = max((r.epoch for r in resumed.values()), default=0) + 1
+        plan = None
+        if parents:
+            try:
+                plan = planner.restore_plan(infos, parents, epoch=epoch)
+            except PlanError as exc:
+                log.warning("model %s: the nodes' plans do not fit together (%s): planning afresh", digest[:12], exc)
+        if plan is None and live:
+            plan = planner.plan_broadcast([self._info(n) for n in sorted(live)], epoch=epoch)
+        if plan is None:
+            log.warning("model %s: none of its nodes is back; dropping it", digest[:12])
+            self.jobs.pop(digest, None)
+            return
+        for n in sorted(set(live) - set(plan.nodes)):
+            plan = planner.add_node(plan, self._info(n))  # it had no assignment yet
+        # the digest table: a stripe root's word first (it read the origin), then anyone's; a
+        # node that disagrees is logged (and its pieces were verified against the same table)
+        roots = set(plan.roots())
+        conflicts = 0
+        for n in sorted(live, key=lambda n: (n not in roots, n)):
+            d = live[n].digests
+            if len(d.digests) != DIGEST * len(d.indices):
+                continue
+            for j, i in enumerate(d.indices):
+                if i >= len(job.known):
+                    continue
+                got = d.digests[j * DIGEST:(j + 1) * DIGEST]
+                if not job.known[i]:
+                    job.digests[i * DIGEST:(i + 1) * DIGEST] = got
+                    job.known[i] = 1
+                elif bytes(job.digests[i * DIGEST:(i + 1) * DIGEST]) != got:
+                    conflicts += 1
+        if conflicts:
+            log.error("model %s: %d piece digests reported differently by resumed nodes", digest[:12], conflicts)
+        job.pending_digests = []
+        job.plan = plan
+        job.replans += 1
+        metrics.REPLANS.labels(reason="resume").inc()
+        for n, prog in job.progress.items():
+            if n not in plan.nodes and not prog.complete and prog.state == "fetching":
+                prog.state = "dead"
+        for n in plan.nodes:
+            node = self.nodes.get(n)
+            if node is not None and n in resumed:
+                node.sent_manifest.add(digest)  # it has the manifest
+            self._send_assignment(job, n)
+            self._send_known_digests(job, n)
+        log.info("model %s rebuilt after a restart: %d nodes (%d did not come back), %d stripes, epoch %d",
+                 digest[:12], len(plan.nodes), len(set(addrs) - set(live)), plan.k, plan.epoch)
+
     async def _flush_digests(self) -> None:
         while True:
             await asyncio.sleep(0.02)
             for job in self.jobs.values():
-                if not job.pending_digests:
-                    continue
+                if not job.pending_digests or job.plan is None:
+                    continue  # (held while rebuilding: every known digest goes out when it is done)
                 batch, job.pending_digests = job.pending_digests, []
                 msg = self._digests_msg(job, batch)
                 for n in job.plan.nodes:
@@ -394,8 +523,11 @@ class SchedulerService(pb_grpc.SchedulerServicer):
                 # data-session tickets are short-lived: re-issue them (same plan epoch) well before expiry
                 refreshed = now
                 for job in self.jobs.values():
-                    for n in job.plan.nodes:
+                    for n in (job.plan.nodes if job.plan is not None else ()):
                         self._send_assignment(job, n)
+            for job in list(self.jobs.values()):
+                if job.plan is None and (self._resume_ready(job) or now - job.resume_since >= self.resume_grace):
+                    self._finish_resume(job)
             for nid, node in list(self.nodes.items()):
                 if node.alive and now - node.last_seen > self.dead_after:
                     self._declare_dead(nid, f"silent for {now - node.last_seen:.1f}s")
@@ -408,12 +540,12 @@ def _manifest_of(source: str, revision: str | None, allow, cfg: Config) -> Manif
 
 
 async def serve(listen: str, *, config: Config | None = None, heartbeat: float = 1.0, dead_after: float = 5.0,
-                ready=None) -> None:
+                resume_grace: float = 6.0, ready=None) -> None:
     """Run the scheduler on ``listen`` until cancelled. ``ready(address)`` is called once listening."""
     cfg = config or Config.load()
     token = read_token(cfg.token_file)
     server = grpc.aio.server(options=GRPC_OPTIONS, interceptors=[TokenInterceptor(token)] if token else None)
-    service = SchedulerService(cfg, heartbeat=heartbeat, dead_after=dead_after)
+    service = SchedulerService(cfg, heartbeat=heartbeat, dead_after=dead_after, resume_grace=resume_grace)
     pb_grpc.add_SchedulerServicer_to_server(service, server)
     creds = server_credentials(cfg)
     port = server.add_secure_port(listen, creds) if creds is not None else server.add_insecure_port(listen)
