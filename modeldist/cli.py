@@ -47,6 +47,8 @@ def _progress() -> Progress:
 
 TLS_CERT = typer.Option(None, "--tls-cert", help="TLS certificate (PEM) of this process.")
 TLS_KEY = typer.Option(None, "--tls-key", help="TLS private key (PEM).")
+METRICS_ADDR = typer.Option("127.0.0.1", help="Address /metrics listens on (0.0.0.0 for a Prometheus "
+                            "on another host; the default keeps it on this machine).")
 TLS_CA = typer.Option(None, "--tls-ca", help="CA (PEM) to trust; on the scheduler it requires client certificates.")
 TOKEN_FILE = typer.Option(None, "--token-file", help="File with the cluster token every gRPC call carries.")
 
@@ -154,6 +156,7 @@ def stage(source: str = typer.Argument(..., help="hf://org/name[@rev], a folder 
 @app.command()
 def scheduler(listen: str = typer.Option("127.0.0.1:7070", help="Address to serve gRPC on."),
               metrics_port: Optional[int] = typer.Option(None, help="Serve /metrics on this port."),
+              metrics_addr: str = METRICS_ADDR,
               dead_after: float = typer.Option(5.0, help="Seconds of silence before a node is declared dead."),
               resume_grace: float = typer.Option(6.0, help="After a restart: seconds to wait for the nodes of a "
                                                  "running broadcast to re-register before rebuilding it without "
@@ -167,7 +170,7 @@ def scheduler(listen: str = typer.Option("127.0.0.1:7070", help="Address to serv
     from .scheduler.service import serve
 
     if metrics_port is not None:
-        metrics.serve(metrics_port)
+        metrics.serve(metrics_port, metrics_addr)
     cfg = _secure(tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca, token_file=token_file)
     asyncio.run(serve(listen, config=cfg, dead_after=dead_after, resume_grace=resume_grace,
                       ready=lambda a: err_console.print(f"scheduler listening on {a}")))
@@ -207,6 +210,7 @@ def agent(scheduler: str = typer.Option(..., help="Scheduler address host:port."
                                            "paced at a fair share of it."),
           download_bps: float = typer.Option(0.0, help="Download bandwidth, bytes/s (0 = unknown)."),
           metrics_port: Optional[int] = typer.Option(None, help="Serve /metrics on this port."),
+          metrics_addr: str = METRICS_ADDR,
           rdma: str = typer.Option("auto", help="Data plane over RDMA: auto (when this node has a usable "
                                    "device), on (refuse to start without one), off (TCP only). Edges fall back "
                                    "to TCP per piece either way."),
@@ -225,7 +229,7 @@ def agent(scheduler: str = typer.Option(..., help="Scheduler address host:port."
                   rdma_device=rdma_device, rdma_gid_index=rdma_gid_index)
     transport = _data_transport(rdma, cfg)
     if metrics_port is not None:
-        metrics.serve(metrics_port)
+        metrics.serve(metrics_port, metrics_addr)
     labels = {k: v for k, v in (("zone", zone), ("rack", rack)) if v}
     a = Agent(scheduler=scheduler, listen=listen, advertise=advertise, node_id=node_id,
               config=cfg, transport=transport,
