@@ -141,6 +141,8 @@ class SchedulerService(pb_grpc.SchedulerServicer):
                 job.plan = planner.add_node(job.plan, self._info(spec.node_id))
                 job.replans += 1
                 prog.state = "fetching" if not prog.complete else "complete"
+                if not prog.complete:
+                    prog.finished = None  # its clock runs again
                 metrics.REPLANS.labels(reason="join").inc()
         log.info("registered %s at %s", spec.node_id, spec.data_addr)
         return pb.RegisterReply(node_id=spec.node_id, heartbeat_s=self.heartbeat, dead_after_s=self.dead_after,
@@ -374,6 +376,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
                 self._remove_from_job(job, node_id, why)
             if node_id in job.progress and not job.progress[node_id].complete:
                 job.progress[node_id].state = "dead"
+                job.progress[node_id].finished = time.monotonic()  # its clock stops at death
 
     def _remove_from_job(self, job: ModelJob, node_id: str, why: str) -> None:
         if len(job.plan.nodes) <= 1:
