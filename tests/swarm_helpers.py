@@ -4,7 +4,10 @@
 - ``CountingProxy``: a small threaded HTTP reverse proxy in front of it, in the test process, that
   forwards every request with ``http.client`` and counts the bytes of GET response bodies per
   object (and, optionally, throttles them to a rate, which makes a broadcast slow enough to kill
-  things in the middle of it, deterministically).
+  things in the middle of it, deterministically). Optional fault injection (``faults=``): a callable
+  that sees every request (``FaultRequest``) and may answer it with an S3-style 5xx error
+  (``Fault.status``), send the headers and part of the body and then drop the connection
+  (``Fault.drop``), or not answer at all (``Fault.stall``); ``FlakyObjects`` is a deterministic one.
 - ``wait_for`` / ``poll_status``: polling with deadlines, and ``maps_of`` to find which file a
   memory address belongs to (``/proc/self/maps``).
 """
@@ -17,6 +20,7 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -140,12 +144,24 @@ class GetRecord:
     started: float = 0.0   # time.monotonic() when the request arrived
     answered: float = 0.0  # ... when the upstream's response headers arrived
     ended: float = 0.0     # ... when the body was sent
+    fault: str = ""        # the injected fault's kind ("status", "drop", "stall"), "" when none
+
+
+@dataclass(frozen=True)
+class FaultRecord:
+    method: str
+    path: str
+    range: str
+    kind: str          # "status" | "drop" | "stall"
+    status: int        # the status sent (0 when none was)
+    nbytes: int        # body bytes sent before the fault
 
 
 @dataclass
 class ProxyStats:
     gets: list[GetRecord] = field(default_factory=list)
     methods: dict[str, int] = field(default_factory=dict)
+    faults: list[FaultRecord] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def object_gets(self, bucket: str) -> list[GetRecord]:
@@ -158,12 +174,124 @@ class ProxyStats:
             return [g for g in self.gets if g.path.rstrip("/") == f"/{bucket}"]
 
     def object_bytes(self, bucket: str) -> int:
-        return sum(g.nbytes for g in self.object_gets(bucket) if g.status in (200, 206))
+        """Object body bytes of successful GETs (2xx, no injected fault): what the clients got."""
+        return sum(g.nbytes for g in self.object_gets(bucket) if g.status in (200, 206) and not g.fault)
+
+    def failed_bytes(self, bucket: str) -> int:
+        """Object body bytes sent in failed GETs (injected faults, error statuses)."""
+        return sum(g.nbytes for g in self.object_gets(bucket) if g.status not in (200, 206) or g.fault)
+
+    def injected(self, kind: str | None = None) -> int:
+        """How many faults were injected (of ``kind`` when given)."""
+        with self.lock:
+            return sum(1 for f in self.faults if kind is None or f.kind == kind)
 
     def reset(self) -> None:
         with self.lock:
             self.gets.clear()
             self.methods.clear()
+            self.faults.clear()
+
+
+@dataclass(frozen=True)
+class FaultRequest:
+    """What a fault policy sees of a request, before anything is forwarded."""
+
+    method: str
+    path: str          # URL path, unquoted: /bucket/key
+    query: str
+    range: str         # the Range header, "" when none
+    attempt: int       # how many earlier requests had the same method, path, query and range
+    distinct: int      # the order in which that (method, path, query, range) was first seen, from 0
+    ordinal: int       # how many requests the proxy saw before this one, from 0
+
+
+@dataclass(frozen=True)
+class Fault:
+    """``Fault.status(503)``: an S3-style XML error, nothing forwarded; ``Fault.drop(0.5)``: the
+    upstream's status and headers, then that share of the body, then the connection is closed (a
+    TCP reset with ``reset=True``); ``Fault.stall(s)``: no answer for ``s`` seconds (or until the
+    client gives up or the proxy closes), then the connection is closed."""
+
+    kind: str
+    code: int = 0
+    fraction: float = 0.5
+    reset: bool = False
+    seconds: float = 0.0
+
+    @classmethod
+    def status(cls, code: int = 503) -> "Fault":
+        return cls("status", code=code)
+
+    @classmethod
+    def drop(cls, fraction: float = 0.5, *, reset: bool = False) -> "Fault":
+        return cls("drop", fraction=fraction, reset=reset)
+
+    @classmethod
+    def stall(cls, seconds: float = 30.0) -> "Fault":
+        return cls("stall", seconds=seconds)
+
+
+FaultPolicy = Callable[[FaultRequest], "Fault | None"]
+
+_S3_ERRORS = {500: ("InternalError", "We encountered an internal error. Please try again."),
+              502: ("BadGateway", "Bad gateway."),
+              503: ("SlowDown", "Please reduce your request rate."),
+              504: ("GatewayTimeout", "Gateway timeout.")}
+
+
+def s3_error_body(code: int, path: str) -> bytes:
+    name, message = _S3_ERRORS.get(code, ("ServiceUnavailable", "Service is unable to handle request."))
+    return (f'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>{name}</Code><Message>{message}</Message>'
+            f"<Resource>{path}</Resource><RequestId>modeldist-fault</RequestId></Error>").encode()
+
+
+class FlakyObjects:
+    """A deterministic flaky object store for ``CountingProxy(faults=...)``. Only GETs of objects
+    in ``bucket`` fail (not listings, not HEADs). Distinct requests (key + range) are numbered in
+    the order first seen; the first attempt of every ``status_every``-th one is answered with
+    ``status``, and the first (or, after a status fault, the second) attempt of every
+    ``drop_every``-th one gets ``drop_fraction`` of its body before the connection is closed. Every
+    range succeeds by its third attempt, whatever the threads' interleaving. 0 disables a kind;
+    ``always`` answers every object GET with ``status`` (an origin that never recovers)."""
+
+    def __init__(self, bucket: str, *, status_every: int = 3, drop_every: int = 5, status: int = 503,
+                 drop_fraction: float = 0.5, reset: bool = False, always: bool = False):
+        self.bucket = bucket
+        self.status_every = status_every
+        self.drop_every = drop_every
+        self.code = status
+        self.drop_fraction = drop_fraction
+        self.reset = reset
+        self.always = always
+        self._numbers: dict[tuple[str, str], int] = {}
+        self._lock = threading.Lock()
+
+    def plan_of(self, path: str, rng: str) -> list[Fault]:
+        """The faults planned for the GET of ``path`` (/bucket/key) with Range ``rng``."""
+        with self._lock:
+            n = self._numbers.get((path, rng))
+        return [] if n is None else self.plan(n)
+
+    def plan(self, distinct: int) -> list[Fault]:
+        """The faults the first attempts of the ``distinct``-th request get, in order."""
+        out = []
+        n = distinct + 1
+        if self.status_every and n % self.status_every == 0:
+            out.append(Fault.status(self.code))
+        if self.drop_every and n % self.drop_every == 0:
+            out.append(Fault.drop(self.drop_fraction, reset=self.reset))
+        return out
+
+    def __call__(self, req: FaultRequest) -> Fault | None:
+        if req.method != "GET" or not req.path.startswith(f"/{self.bucket}/") or len(req.path) <= len(self.bucket) + 2:
+            return None
+        if self.always:
+            return Fault.status(self.code)
+        with self._lock:
+            self._numbers.setdefault((req.path, req.range), req.distinct)
+        plan = self.plan(req.distinct)
+        return plan[req.attempt] if req.attempt < len(plan) else None
 
 
 _HOP = {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
@@ -191,12 +319,18 @@ class _Bucket:
 
 
 class CountingProxy:
-    """``http://127.0.0.1:<port>`` -> ``upstream``; counts GET body bytes; ``rate`` throttles them (B/s)."""
+    """``http://127.0.0.1:<port>`` -> ``upstream``; counts GET body bytes; ``rate`` throttles them (B/s);
+    ``faults`` (a ``FaultPolicy``, e.g. ``FlakyObjects``) injects failures."""
 
-    def __init__(self, upstream_port: int, *, rate: float | None = None):
+    def __init__(self, upstream_port: int, *, rate: float | None = None, faults: FaultPolicy | None = None):
         self.upstream_port = upstream_port
         self.stats = ProxyStats()
         self.bucket = _Bucket(rate)
+        self.faults = faults
+        self._seen: dict[tuple[str, str, str, str], int] = {}
+        self._distinct: dict[tuple[str, str, str, str], int] = {}
+        self._ordinal = 0
+        self._closing = threading.Event()
         proxy = self
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -208,8 +342,16 @@ class CountingProxy:
             def _forward(self) -> None:
                 self._t0 = time.monotonic()
                 self._t1 = 0.0
+                self._fault: Fault | None = None
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
+                if proxy.faults is not None:
+                    self._fault = proxy.faults(proxy._fault_request(self.command, self.path,
+                                                                    self.headers.get("Range", "")))
+                    if self._fault is not None and self._fault.kind == "status":
+                        return self._answer_error(self._fault.code)
+                    if self._fault is not None and self._fault.kind == "stall":
+                        return self._stall(self._fault.seconds)
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in _HOP}
                 up = getattr(self, "_up", None)
                 if up is None:
@@ -235,9 +377,14 @@ class CountingProxy:
                 try:
                     if self.command == "HEAD":
                         resp.read()
+                        if self._fault is not None and self._fault.kind == "drop":
+                            self._drop_connection(self._fault.reset)
                         return
                     left = len(data) if data is not None else int(size or 0)
                     view = memoryview(data) if data is not None else None
+                    drop = self._fault is not None and self._fault.kind == "drop"
+                    if drop:  # that share of the body, then the connection goes
+                        left = min(left, int(left * self._fault.fraction))
                     while left > 0:
                         n = min(left, 64 << 10)
                         part = view[sent:sent + n] if view is not None else resp.read(n)
@@ -248,6 +395,10 @@ class CountingProxy:
                         self.wfile.write(part)
                         sent += len(part)
                         left -= len(part)
+                    if drop:
+                        up.close()  # the rest of the upstream's body is never read
+                        self._up = None
+                        self._drop_connection(self._fault.reset)
                 except (OSError, http.client.HTTPException):
                     up.close()
                     self._up = None
@@ -255,14 +406,64 @@ class CountingProxy:
                 finally:
                     self._record(resp.status, sent)
 
+            def _answer_error(self, code: int) -> None:
+                data = s3_error_body(code, urllib.parse.unquote(urllib.parse.urlsplit(self.path).path))
+                self._t1 = time.monotonic()
+                sent = 0
+                try:
+                    self.send_response_only(code)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("x-amz-request-id", "modeldist-fault")
+                    self.send_header("Content-Length", "0" if self.command == "HEAD" else str(len(data)))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(data)
+                        sent = len(data)
+                except OSError:
+                    self.close_connection = True
+                finally:
+                    self._record(code, sent)
+
+            def _stall(self, seconds: float) -> None:
+                """No answer until ``seconds`` pass, the client hangs up or the proxy closes."""
+                import select
+
+                deadline = time.monotonic() + seconds
+                try:
+                    while not proxy._closing.is_set() and time.monotonic() < deadline:
+                        readable, _, _ = select.select([self.connection], [], [], 0.05)
+                        if readable and not self.connection.recv(1, socket.MSG_PEEK):
+                            break  # the client gave up
+                except OSError:
+                    pass
+                finally:
+                    self._drop_connection(reset=False)
+                    self._record(0, 0)
+
+            def _drop_connection(self, reset: bool) -> None:
+                self.close_connection = True
+                try:
+                    if reset:  # RST instead of FIN, when the last reference to the socket goes
+                        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                        self.connection.close()
+                    else:
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
             def _record(self, status: int, sent: int) -> None:
                 url = urllib.parse.urlsplit(self.path)
+                path = urllib.parse.unquote(url.path)
+                rng = self.headers.get("Range", "")
+                fault = getattr(self, "_fault", None)
                 with proxy.stats.lock:
                     proxy.stats.methods[self.command] = proxy.stats.methods.get(self.command, 0) + 1
+                    if fault is not None:
+                        proxy.stats.faults.append(FaultRecord(self.command, path, rng, fault.kind, status, sent))
                     if self.command == "GET":
-                        proxy.stats.gets.append(GetRecord(urllib.parse.unquote(url.path), url.query,
-                                                          self.headers.get("Range", ""), status, sent,
-                                                          self._t0, self._t1, time.monotonic()))
+                        proxy.stats.gets.append(GetRecord(path, url.query, rng, status, sent,
+                                                          self._t0, self._t1, time.monotonic(),
+                                                          fault.kind if fault is not None else ""))
 
             do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _forward
 
@@ -283,11 +484,24 @@ class CountingProxy:
     def set_rate(self, rate: float | None) -> None:
         self.bucket.rate = rate
 
+    def _fault_request(self, method: str, raw_path: str, rng: str) -> FaultRequest:
+        url = urllib.parse.urlsplit(raw_path)
+        path = urllib.parse.unquote(url.path)
+        key = (method, path, url.query, rng)
+        with self.stats.lock:
+            attempt = self._seen.get(key, 0)
+            self._seen[key] = attempt + 1
+            distinct = self._distinct.setdefault(key, len(self._distinct))
+            ordinal = self._ordinal
+            self._ordinal += 1
+        return FaultRequest(method, path, url.query, rng, attempt, distinct, ordinal)
+
     def __enter__(self) -> "CountingProxy":
         self._thread.start()
         return self
 
     def close(self) -> None:
+        self._closing.set()
         self.server.shutdown()
         self.server.server_close()
         self._thread.join(timeout=5)
