@@ -260,7 +260,9 @@ def run_naive(tb: Testbed, origin_dir: Path, key_prefix: str, *, timeout: float,
         dest = tb.workdir / f"naive-n{i}"
         dests.append(dest)
         # signed like any S3 client (moto refuses anonymous GETs of private objects)
+        # retried like any real client (huggingface_hub, boto3) when the loaded origin drops a connection
         argv = ["curl", "-sS", "--fail", "--max-time", str(int(timeout)), "--create-dirs",
+                "--retry", "5", "--retry-all-errors", "--retry-delay", "1",
                 "--aws-sigv4", "aws:amz:us-east-1:s3", "--user", "testing:testing"]
         for rel, url in urls:
             argv += ["-o", str(dest / rel), url]
