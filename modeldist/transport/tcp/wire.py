@@ -133,6 +133,8 @@ class FrameHead:
 
 def parse_frame_head(raw: bytes, kinds: tuple[int, ...] = (T_PIECE, T_END)) -> FrameHead:
     """Parse a parent -> child frame head; ``kinds`` are the types this session may see."""
+    if len(raw) != FRAME.size:
+        raise TransportError(f"frame head of {len(raw)} bytes, expected {FRAME.size}")
     kind, index, length = FRAME.unpack(raw)
     if kind not in kinds:
         raise TransportError(f"unknown frame type {kind}")
