@@ -25,9 +25,10 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from modeldist.errors import AuthError, TransportError
+from modeldist.transport.tcp import REFUSED
 from modeldist.security import check_ticket, mint_ticket
 from modeldist.transport.base import Hello, get_transport
-from modeldist.transport.tcp import TcpChildSession, TcpListener
+from modeldist.transport.tcp import REFUSED, TcpChildSession, TcpListener
 from modeldist.transport.tcp import wire
 
 TYPED = (TransportError, AuthError)
@@ -448,11 +449,11 @@ def expected_reply(data: bytes, src: RealSource) -> tuple[bytes, bool]:
     if version != wire.VERSION:
         return wire.encode_reply(wire.BAD_VERSION, f"version {version} not supported"), False
     if hello.model != MODEL:
-        return wire.encode_reply(wire.UNKNOWN_MODEL, f"this node has no job for model {hello.model[:12]}"), False
+        return wire.encode_reply(wire.AUTH, REFUSED), False  # the same answer as a bad ticket
     try:
         check_ticket(KEY, hello.token, hello.node_id, hello.model)
-    except AuthError as exc:
-        return wire.encode_reply(wire.AUTH, str(exc)), False
+    except AuthError:
+        return wire.encode_reply(wire.AUTH, REFUSED), False
     out = wire.encode_reply(wire.OK)
     try:
         indices = wire.read_request(feed, len(PIECE_LENGTHS))

@@ -401,8 +401,11 @@ class _Fetcher:
                             self.ref.node_id, exc)
                 return  # this parent is not trusted again until the scheduler re-plans
             except AuthError as exc:
+                # also what a parent answers before it has this job (the plan reached it a moment
+                # after us): back off and ask again, like any other refusal
                 job.report_failure(self.ref.node_id, 0, "refused", str(exc))
-                self._stop.wait(1.0)
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, 2.0)
             except (TransportError, OSError) as exc:
                 if self._stop.is_set():
                     return

@@ -35,6 +35,8 @@ MAX_SESSIONS = 1024
 MAX_SESSIONS_PER_PEER = 64
 #: Linux SO_MAX_PACING_RATE (not exported by Python's socket module): TCP's own pacing, no fq needed
 SO_MAX_PACING_RATE = getattr(socket, "SO_MAX_PACING_RATE", 47)
+#: the one answer to an unauthorized hello, whatever the reason
+REFUSED = "session refused"
 
 
 def _deadlines(sock: socket.socket, seconds: float) -> None:
@@ -210,12 +212,14 @@ class TcpListener(Listener):
                 return
             try:
                 source = self._authorize(hello, peer)
-            except AuthError as exc:
-                conn.sendall(wire.encode_reply(wire.AUTH, str(exc)))
-                log.warning("refused data session from %s (%s): %s", peer, hello.node_id, exc)
-                return
             except ModelDistError as exc:
-                conn.sendall(wire.encode_reply(wire.UNKNOWN_MODEL, str(exc)))
+                # a bad ticket and a model this node has no job for get the same answer, byte for
+                # byte: a peer without a valid ticket learns nothing, not even which models are
+                # here (DESIGN 9). The reason stays in this node's log (and metrics).
+                if not isinstance(exc, AuthError):
+                    metrics.AUTH_REFUSALS.labels(plane="data", reason="unknown_model").inc()
+                conn.sendall(wire.encode_reply(wire.AUTH, REFUSED))
+                log.warning("refused data session from %s (%s): %s", peer, hello.node_id, exc)
                 return
             state = self._accepted(conn, recv_exact, hello, flags, source, peer)
             _pace(conn, source)
@@ -224,7 +228,7 @@ class TcpListener(Listener):
             self._send_pieces(conn, source, pending, state)
             conn.sendall(wire.FRAME.pack(wire.T_END, 0, 0))
         except (TransportError, OSError) as exc:
-            if isinstance(exc, TransportError) and "limit" in str(exc) or "magic" in str(exc):
+            if isinstance(exc, TransportError) and ("limit" in str(exc) or "magic" in str(exc)):
                 metrics.REFUSALS.labels(what="data_frame").inc()
             if not self._closed.is_set():
                 log.debug("session with %s ended: %s", peer, exc)
