@@ -363,6 +363,7 @@ class _Fetcher:
         self.stripes = stripes
         self._stop = threading.Event()
         self._session = None
+        self._receiving: int | None = None  # the piece whose payload is on its way (peer sessions)
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name=f"modeldist-fetch-{ref.node_id or 'origin'}")
 
@@ -407,11 +408,15 @@ class _Fetcher:
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 2.0)
             except (TransportError, OSError) as exc:
+                mid, self._receiving = self._receiving, None
                 if self._stop.is_set():
                     return
                 kind = "stalled" if "stalled" in str(exc) else "unreachable"
-                job.report_failure(self.ref.node_id or "origin", 0, kind, str(exc))
-                log.info("%s: %s from %s: %s", job.model[:12], kind, self.ref.node_id or "origin", exc)
+                if kind == "stalled" and mid is not None:
+                    kind = "stalled_mid_piece"  # the parent started sending it: it holds that piece
+                job.report_failure(self.ref.node_id or "origin", mid or 0, kind, str(exc))
+                log.info("%s: %s from %s: %s%s", job.model[:12], kind.split("_")[0], self.ref.node_id or "origin", exc,
+                         f" (in the middle of piece {mid})" if kind == "stalled_mid_piece" else "")
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 2.0)
             except ModelDistError as exc:
@@ -482,11 +487,13 @@ class _Fetcher:
                 if job.have[index] or index in mine:
                     return memoryview(scratch)[:length]  # already here (or on its way): discard
                 mine.add(index)
+                self._receiving = index
                 return job.buf.writable_piece(index)
 
             while not self._stop.is_set() and not failure:
                 started = time.monotonic()
                 i = session.receive(dest, timeout=job.stall_timeout)
+                self._receiving = None
                 if i is None:
                     break
                 if i not in mine:

@@ -85,6 +85,8 @@ class ModelJob:
     pending_digests: list[int] = field(default_factory=list)
     replans: int = 0
     excluded: set = field(default_factory=set)
+    #: (reporter, peer) -> failure reports against that edge ("stalled", "unreachable")
+    strikes: dict = field(default_factory=dict)
     #: while rebuilding after a scheduler restart (plan is None): node -> what it said it executes
     resumed: dict | None = None
     resume_since: float = 0.0
@@ -347,20 +349,50 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         if f.kind == "corrupt" and peer in job.plan.nodes:
             log.warning("model %s: %s reports corrupt piece %d from %s: excluding it", job.manifest.digest[:12],
                         reporter, f.piece, peer)
-            job.excluded.add(peer)
             metrics.PIECES_REPORTED.labels(result="corrupt").inc()
-            self._remove_from_job(job, peer, "corrupt data")
-            node = self.nodes.get(peer)
-            if node is not None and node.queue is not None:
-                node.queue.put_nowait(pb.PlanUpdate(cancel=pb.Cancel(model=job.manifest.digest,
-                                                                     reason="served corrupt data")))
-            if peer in job.progress:
-                job.progress[peer].state = "excluded"
-        elif f.kind in ("unreachable", "stalled") and peer in self.nodes:
+            self._exclude(job, peer, "served corrupt data", "excluded")
+        elif f.kind in ("unreachable", "stalled", "stalled_mid_piece") and peer in self.nodes:
             node = self.nodes[peer]
-            # the reporter cannot reach it; trust our own view: a node still reporting is alive
             if time.monotonic() - node.last_seen > self.dead_after:
                 self._declare_dead(peer, f"{f.kind} per {reporter}")
+                return
+            # its control plane still reports. A parent that sends nothing because it has nothing
+            # yet (its own upstream is slow) is fine; one that holds pieces it owes the reporter
+            # and does not deliver them has a broken data plane: take it out of this broadcast
+            # (its children re-parented at once) instead of waiting for a silence that never comes
+            strikes = job.strikes[(reporter, peer)] = job.strikes.get((reporter, peer), 0) + 1
+            needed = 3 if f.kind == "unreachable" else 1  # a refused connect is retried a few times first
+            # stalled mid-piece: the parent had started sending that piece, so it holds it (its
+            # report of it may not have reached us yet)
+            mid = (f.kind == "stalled_mid_piece" and f.piece < len(job.manifest.pieces)
+                   and reporter in job.plan.nodes
+                   and job.plan.parents_of(reporter)[job.plan.stripe_of(f.piece)] == peer)
+            if strikes >= needed and peer in job.plan.nodes and (mid or self._owes(job, peer, reporter)):
+                log.warning("model %s: %s holds pieces %s waits for but does not send them (%s): excluding it",
+                            job.manifest.digest[:12], peer, reporter, f.kind)
+                metrics.PIECES_REPORTED.labels(result="stalled").inc()
+                self._exclude(job, peer, "data plane stalled", "stalled")
+
+    def _owes(self, job: ModelJob, parent: str, child: str) -> bool:
+        """Does ``parent`` hold (as far as its reports say) a piece it should be sending ``child``?"""
+        if child not in job.plan.nodes:
+            return False
+        stripes = {s for s, p in enumerate(job.plan.parents_of(child)) if p == parent}
+        pp, cp = job.progress.get(parent), job.progress.get(child)
+        if not stripes or pp is None or cp is None:
+            return False
+        k = job.plan.k
+        return any(i % k in stripes and i not in cp.have for i in pp.have)
+
+    def _exclude(self, job: ModelJob, peer: str, reason: str, state: str) -> None:
+        """Out of this broadcast for good: children re-parented, its own job here cancelled."""
+        job.excluded.add(peer)
+        self._remove_from_job(job, peer, reason)
+        node = self.nodes.get(peer)
+        if node is not None and node.queue is not None:
+            node.queue.put_nowait(pb.PlanUpdate(cancel=pb.Cancel(model=job.manifest.digest, reason=reason)))
+        if peer in job.progress:
+            job.progress[peer].state = state
 
     def _declare_dead(self, node_id: str, why: str) -> None:
         node = self.nodes.get(node_id)
