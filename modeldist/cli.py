@@ -178,10 +178,17 @@ def scheduler(listen: str = typer.Option("127.0.0.1:7070", help="Address to serv
 
 def _data_transport(rdma: str, cfg: Config) -> str:
     """``--rdma``: off -> tcp; auto -> rdma when this node has a usable device, else tcp; on -> rdma or
-    refuse to start (RdmaUnavailableError, with the reason and errno)."""
+    refuse to start (RdmaUnavailableError, with the reason and errno). With ``--data-tls``: tcp (auto),
+    or refuse to start (on): RDMA would move the bytes unencrypted."""
     if rdma not in ("auto", "on", "off"):
         raise ConfigError(f"--rdma must be auto, on or off, got {rdma!r}")
     if rdma == "off":
+        return "tcp"
+    if cfg.data_tls:
+        if rdma == "on":
+            raise ConfigError("--rdma on cannot be combined with --data-tls: RDMA moves the weights between "
+                              "memories unencrypted; use --rdma off (or auto, which then picks TCP with TLS)")
+        logging.getLogger("modeldist.cli").info("--data-tls: the data plane uses TCP with TLS, not RDMA")
         return "tcp"
     from .errors import RdmaUnavailableError
     from .transport.rdma import check
@@ -217,6 +224,9 @@ def agent(scheduler: str = typer.Option(..., help="Scheduler address host:port."
           rdma_device: Optional[str] = typer.Option(None, help="RDMA device, e.g. mlx5_0 (default: first active)."),
           rdma_gid_index: Optional[int] = typer.Option(None, help="GID index (default: RoCE v2, IPv4-mapped)."),
           stall_timeout: float = typer.Option(30.0, help="Seconds without data before a parent counts as stalled."),
+          data_tls: bool = typer.Option(False, "--data-tls", help="Every data session over mutual TLS 1.3 with "
+                                        "--tls-cert/--tls-key, peers verified against --tls-ca (all three "
+                                        "needed; they also secure gRPC). RDMA is then off."),
           tls_cert: Optional[str] = TLS_CERT, tls_key: Optional[str] = TLS_KEY, tls_ca: Optional[str] = TLS_CA,
           token_file: Optional[str] = TOKEN_FILE) -> None:
     """Run this node's agent: fetch what the plan says, serve children, share the store locally."""
@@ -226,8 +236,12 @@ def agent(scheduler: str = typer.Option(..., help="Scheduler address host:port."
     from .agent import Agent
 
     cfg = _secure(store=store, tls_cert=tls_cert, tls_key=tls_key, tls_ca=tls_ca, token_file=token_file,
-                  rdma_device=rdma_device, rdma_gid_index=rdma_gid_index)
+                  rdma_device=rdma_device, rdma_gid_index=rdma_gid_index, data_tls=data_tls or None)
     transport = _data_transport(rdma, cfg)
+    if cfg.data_tls:
+        from .security import data_tls_contexts
+
+        data_tls_contexts(cfg)  # unreadable or invalid certificate, key or CA: ConfigError before start-up
     if metrics_port is not None:
         metrics.serve(metrics_port, metrics_addr)
     labels = {k: v for k, v in (("zone", zone), ("rack", rack)) if v}

@@ -82,6 +82,9 @@ class Config:
     tls_key: str | None = None
     #: CA (PEM) to trust; on a server it also demands client certificates (mutual TLS).
     tls_ca: str | None = None
+    #: Data plane over TLS 1.3 (mutual: both ends present ``tls_cert`` and verify the other's against
+    #: ``tls_ca``; no hostname check, the cluster CA is the trust anchor). Needs all three TLS files.
+    data_tls: bool = False
     #: RDMA device for the data plane (e.g. mlx5_0, rxe0); None = the first one with an active port.
     rdma_device: str | None = None
     #: GID index on that port; -1 = automatic (RoCE v2 with an IPv4-mapped address first).
@@ -112,6 +115,12 @@ class Config:
             raise ConfigError("store must be 'shm' or a folder")
         if self.rdma_gid_index < -1:
             raise ConfigError(f"rdma_gid_index must be >= 0 (or -1 = automatic), got {self.rdma_gid_index}")
+        if self.data_tls and not (self.tls_cert and self.tls_key and self.tls_ca):
+            missing = [flag for flag, v in (("--tls-cert", self.tls_cert), ("--tls-key", self.tls_key),
+                                            ("--tls-ca", self.tls_ca)) if not v]
+            raise ConfigError(f"--data-tls needs {', '.join(missing)} (settings tls_cert, tls_key, tls_ca): "
+                              "every data session is mutual TLS with this node's certificate, verified against "
+                              "the cluster CA")
         if self.rdma_fail_after < 0:
             raise ConfigError(f"rdma_fail_after must be >= 0, got {self.rdma_fail_after}")
 

@@ -18,6 +18,7 @@ __all__ = [
     "StoreError",
     "TransportError",
     "RdmaUnavailableError",
+    "TlsError",
     "IntegrityError",
     "PlanError",
     "AuthError",
@@ -87,6 +88,10 @@ class TransportError(ModelDistError, OSError):
 
 class RdmaUnavailableError(TransportError):
     """No usable RDMA device, GID or verbs library on this node."""
+
+
+class TlsError(TransportError):
+    """A data session's TLS failed: handshake, peer certificate, or TLS on one end only (``--data-tls``)."""
 
 
 class IntegrityError(ModelDistError):

@@ -104,6 +104,8 @@ def normalize_relpath(path: Any, *, what: str = "file name") -> str:
     norm = posixpath.normpath(path)
     if norm in (".", "") or norm.startswith("/"):
         raise ManifestError(f"{what} {path!r} is not a file path")
+    if len(norm) > 1 and norm[1] == ":":  # "./C:" normalises to a drive-like name: refused like "C:"
+        raise ManifestError(f"{what} {path!r} is absolute")
     return norm
 
 

@@ -10,6 +10,15 @@ expiry)``. A child presents its ticket in the session hello; the parent, which h
 key, checks binding (node id, model), expiry and MAC before it reads a byte of payload or sends
 one. Tickets are short-lived and re-issued by the scheduler before they expire.
 
+Data plane encryption (``data_tls``, ``modeldist agent --data-tls``): every data session is TLS 1.3
+with the same certificate, key and CA as gRPC. It is mutual: the parent requires a client certificate
+signed by ``tls_ca``, the child verifies the parent's against it. There is no hostname check: peers
+are addressed by the IP:port the scheduler relays, not by name, so a certificate signed by the
+cluster CA is what identifies a cluster member (the HMAC ticket inside the session still binds node
+and model). Each node's certificate serves both ends, so it must allow serverAuth and clientAuth
+(or carry no extended key usage). A failed handshake, or a TLS/plaintext mismatch, is a
+``TransportError`` counted as ``modeldist_auth_refusals_total{plane="data",reason="tls"}``.
+
 Every refusal is a typed ``AuthError``, logged and counted (``modeldist_auth_refusals_total``).
 """
 
@@ -18,8 +27,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import ssl
 import struct
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -29,7 +40,8 @@ from .config import Config
 from .errors import AuthError, ConfigError
 
 __all__ = ["TOKEN_HEADER", "read_token", "mint_ticket", "check_ticket", "server_credentials",
-           "channel_credentials", "TokenInterceptor", "call_metadata", "open_channel", "TICKET_TTL"]
+           "channel_credentials", "TokenInterceptor", "call_metadata", "open_channel", "TICKET_TTL", "DataTls",
+           "data_tls_contexts"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +87,47 @@ def _refuse(plane: str, reason: str, message: str):
     metrics.AUTH_REFUSALS.labels(plane=plane, reason=reason).inc()
     log.warning("refused (%s plane): %s", plane, message)
     raise AuthError(message)
+
+
+# --- data-plane TLS ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DataTls:
+    """The two ends of a data session under TLS: ``server`` (parent) and ``client`` (child) contexts."""
+
+    server: ssl.SSLContext
+    client: ssl.SSLContext
+
+
+def data_tls_contexts(cfg: Config) -> DataTls | None:
+    """None unless ``cfg.data_tls``; else mutual TLS 1.3 contexts from ``tls_cert``/``tls_key``/``tls_ca``
+    (ConfigError, saying which, when one is missing, unreadable or not a valid PEM / key pair)."""
+    if not cfg.data_tls:
+        return None
+    missing = [flag for flag, v in (("--tls-cert", cfg.tls_cert), ("--tls-key", cfg.tls_key),
+                                    ("--tls-ca", cfg.tls_ca)) if not v]
+    if missing:
+        raise ConfigError(f"--data-tls needs {', '.join(missing)}")
+    return DataTls(_data_context(cfg, ssl.PROTOCOL_TLS_SERVER), _data_context(cfg, ssl.PROTOCOL_TLS_CLIENT))
+
+
+def _data_context(cfg: Config, protocol: int) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(protocol)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.check_hostname = False           # peers are IP:port from the scheduler; the cluster CA is the anchor
+    ctx.verify_mode = ssl.CERT_REQUIRED  # both ways: the parent demands the child's certificate too
+    for path, what in ((cfg.tls_cert, "TLS certificate"), (cfg.tls_key, "TLS key"), (cfg.tls_ca, "TLS CA")):
+        _read(path, what)                # a missing/unreadable file: ConfigError naming it
+    try:
+        ctx.load_cert_chain(cfg.tls_cert, cfg.tls_key)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"--data-tls: cannot use certificate {cfg.tls_cert} with key {cfg.tls_key}: {exc}") from exc
+    try:
+        ctx.load_verify_locations(cafile=cfg.tls_ca)
+    except (ssl.SSLError, OSError) as exc:
+        raise ConfigError(f"--data-tls: cannot use CA {cfg.tls_ca}: {exc}") from exc
+    return ctx
 
 
 # --- gRPC ----------------------------------------------------------------------------------

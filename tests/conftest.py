@@ -87,3 +87,11 @@ def minilm_dir() -> Path:
     if not (path / "model.safetensors").is_file():
         pytest.fail(f"{path} has no model.safetensors")
     return path
+
+
+@pytest.fixture(scope="session")
+def tls_certs(tmp_path_factory) -> dict[str, str]:
+    """A test cluster CA with certificates it signs, and an unrelated CA (``tests/tls_helpers.py``)."""
+    from tests.tls_helpers import make_certs
+
+    return make_certs(tmp_path_factory.mktemp("tls"))

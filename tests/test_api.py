@@ -242,6 +242,7 @@ ERROR_CASES = {
     "StoreError": ({"path": "/dev/shm/modeldist/x", "errno_": 28}, OSError),
     "TransportError": ({"peer": "10.0.0.7:7070", "errno_": 104}, OSError),
     "RdmaUnavailableError": ({"peer": "node-3", "errno_": None}, OSError),
+    "TlsError": ({"peer": "10.0.0.8:7071", "errno_": None}, OSError),
     "IntegrityError": ({"piece": 17, "path": "model.safetensors"}, Exception),
     "PlanError": ({}, Exception),
     "AuthError": ({}, PermissionError),
@@ -252,6 +253,7 @@ ERROR_CASES = {
 def test_error_family_is_complete():
     assert sorted(errors.__all__) == sorted(ERROR_CASES)
     assert issubclass(errors.RdmaUnavailableError, errors.TransportError)
+    assert issubclass(errors.TlsError, errors.TransportError)
 
 
 @pytest.mark.parametrize("name", sorted(ERROR_CASES))

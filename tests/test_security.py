@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
 import subprocess
 import sys
 import time
@@ -17,6 +16,7 @@ from modeldist.demo import LocalCluster, free_port
 from modeldist.errors import AuthError, ModelDistError
 from modeldist.security import check_ticket, mint_ticket
 from modeldist.transport.base import Hello, get_transport
+from tests.tls_helpers import make_certs
 
 MODEL = "ab" * 32
 
@@ -141,37 +141,7 @@ def test_cluster_token_required_on_every_call(tmp_path, minilm_dir):
 
 
 def _certs(tmp_path):
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = datetime.datetime.now(datetime.timezone.utc)
-
-    def name(cn):
-        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-    def write(stem, key, cert):
-        (tmp_path / f"{stem}.key").write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                                                 serialization.PrivateFormat.PKCS8,
-                                                                 serialization.NoEncryption()))
-        (tmp_path / f"{stem}.pem").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (x509.CertificateBuilder().subject_name(name("modeldist-test-ca")).issuer_name(name("modeldist-test-ca"))
-          .public_key(ca_key.public_key()).serial_number(1).not_valid_before(now)
-          .not_valid_after(now + datetime.timedelta(days=1))
-          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256()))
-    write("ca", ca_key, ca)
-    for stem, san in (("server", [x509.DNSName("localhost"), x509.IPAddress(__import__("ipaddress").ip_address("127.0.0.1"))]),
-                      ("client", [x509.DNSName("client")])):
-        key = ec.generate_private_key(ec.SECP256R1())
-        cert = (x509.CertificateBuilder().subject_name(name(stem)).issuer_name(ca.subject).public_key(key.public_key())
-                .serial_number(2 if stem == "server" else 3).not_valid_before(now)
-                .not_valid_after(now + datetime.timedelta(days=1))
-                .add_extension(x509.SubjectAlternativeName(san), critical=False).sign(ca_key, hashes.SHA256()))
-        write(stem, key, cert)
-    return {k: str(tmp_path / k) for k in ("ca.pem", "server.pem", "server.key", "client.pem", "client.key")}
+    return make_certs(tmp_path)
 
 
 @pytest.mark.timeout(90)

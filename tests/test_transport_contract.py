@@ -1,6 +1,7 @@
 """The data-plane contract (DESIGN section 6, ``transport/base.py``), the same tests for every transport.
 
-Parametrised over ``tcp`` and ``rdma``; the ``rdma`` cases carry the ``rdma`` marker, so they skip
+Parametrised over ``tcp``, ``tcp-tls`` (the tcp transport with ``data_tls``: both ends mutual TLS
+1.3 with test certificates) and ``rdma``; the ``rdma`` cases carry the ``rdma`` marker, so they skip
 (with the reason) on a machine without an RDMA device and run for real inside the soft-RoCE VM
 (``tests/rdma/vm.sh``). A real listener and real child sessions on loopback; sources and
 destinations are shared memory mappings like the store's (and, for the edge cases, plain bytes).
@@ -30,7 +31,8 @@ from modeldist.config import Config
 from modeldist.errors import AuthError, TransportError
 from modeldist.transport.base import Hello, get_transport
 
-TRANSPORTS = [pytest.param("tcp", id="tcp"), pytest.param("rdma", id="rdma", marks=pytest.mark.rdma)]
+TRANSPORTS = [pytest.param("tcp", id="tcp"), pytest.param("tcp-tls", id="tcp-tls"),
+              pytest.param("rdma", id="rdma", marks=pytest.mark.rdma)]
 MODEL = "ab" * 32
 TOKEN = b"contract-token"
 PIECE = 64 << 10
@@ -38,6 +40,12 @@ PIECE = 64 << 10
 
 @pytest.fixture(params=TRANSPORTS)
 def transport(request):
+    if request.param == "tcp-tls":
+        c = request.getfixturevalue("tls_certs")
+        t = get_transport("tcp", config=Config.load(env={}, data_tls=True, tls_cert=c["server.pem"],
+                                                     tls_key=c["server.key"], tls_ca=c["ca.pem"]))
+        assert t.tls is not None
+        return t
     return get_transport(request.param, config=Config.load(env={}))
 
 

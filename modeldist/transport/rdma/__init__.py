@@ -44,6 +44,10 @@ Memory: registration pins the mapping (all of it, at once). Stores on tmpfs (the
 ``/dev/shm``) can always be registered; a writable file-backed store on disk cannot on kernels that
 refuse long-term pins of such mappings (6.5 and later): those sessions fall back to TCP, logged.
 The memlock limit (``ulimit -l``) must cover the model unless the agent has CAP_IPC_LOCK.
+
+TLS: with ``data_tls`` this transport refuses to start (ConfigError): RDMA READs move the pieces
+between memories in clear, whatever protects the side channel. ``modeldist agent --data-tls`` picks
+TCP under ``--rdma auto`` and refuses ``--rdma on``.
 """
 
 from __future__ import annotations
@@ -98,6 +102,13 @@ class RdmaTransport(Transport):
         from ...config import Config
 
         self.config = config if config is not None else Config.load()
+        if self.config.data_tls:
+            # the side channel could run over TLS, but the pieces themselves would not: refuse rather
+            # than move the weights in clear on a node that asked for an encrypted data plane
+            from ...errors import ConfigError
+
+            raise ConfigError("the rdma transport cannot be combined with data_tls (--data-tls): RDMA moves "
+                              "the weights unencrypted; use the tcp transport (--rdma off)")
         self._warned = False
 
     def device(self) -> verbs.Device | None:

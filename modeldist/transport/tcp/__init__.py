@@ -4,6 +4,15 @@ Parent: one listener thread accepts; one thread per session authorizes the hello
 request, and sends each requested piece as soon as the job holds it, straight from the mapping
 (``sendmsg`` of header + memoryview: no copy in Python). Child: ``recv_into`` straight into the
 destination view. Large socket buffers; every blocking call has a deadline (socket timeouts).
+
+TLS (``TcpTransport(config)`` with ``config.data_tls``; ``security.data_tls_contexts``): both ends
+wrap the connected socket in TLS 1.3 before the hello (mutual: the parent demands a certificate
+signed by the cluster CA, the child verifies the parent's; no hostname check). An ``SSLSocket``
+takes neither ``sendmsg`` nor ``MSG_WAITALL`` nor kernel-side deadlines, so a TLS session uses
+``sendall`` of header then payload and a ``recv_into`` loop with Python socket timeouts (same
+deadlines); the plain path is untouched. A failed handshake and a TLS/plaintext mismatch (one end
+without ``--data-tls``) are ``TlsError`` at once on the end that sees it, never a hang, and counted
+(``modeldist_auth_refusals_total{plane="data",reason="tls"}``).
 """
 
 from __future__ import annotations
@@ -11,17 +20,18 @@ from __future__ import annotations
 import logging
 import errno
 import socket
+import ssl
 import struct
 import threading
 import time
 from typing import Callable, Sequence
 
 from ... import metrics
-from ...errors import AuthError, ModelDistError, TransportError
+from ...errors import AuthError, ModelDistError, TlsError, TransportError
 from ..base import Authorizer, ChildSession, Hello, Listener, Transport, register
 from . import wire
 
-__all__ = ["TcpTransport", "TcpListener", "TcpChildSession", "open_session", "split_addr"]
+__all__ = ["TcpTransport", "TcpListener", "TcpChildSession", "TlsChildSession", "open_session", "split_addr"]
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +61,21 @@ def _deadlines(sock: socket.socket, seconds: float) -> None:
     tv = struct.pack("ll", sec, int((seconds - sec) * 1e6))
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, tv)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, tv)
+
+
+def _tls_refused(peer: str, detail: object) -> None:
+    """Count and log a data session that failed TLS (handshake, certificate, or TLS on one end only)."""
+    metrics.AUTH_REFUSALS.labels(plane="data", reason="tls").inc()
+    log.warning("data session with %s refused (TLS): %s", peer, detail)
+
+
+def _shutdown(sock: socket.socket) -> None:
+    """Shut the connection down at the socket level (wakes a thread blocked on it; for an SSLSocket,
+    unlike ``SSLSocket.shutdown``, without dropping its TLS state under that thread)."""
+    try:
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 def _tune(sock: socket.socket) -> None:
@@ -131,20 +156,45 @@ class TcpChildSession(ChildSession):
     def close(self) -> None:
         if not self._closed:
             self._closed = True
-            try:
-                self.sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+            _shutdown(self.sock)
             self.sock.close()
+
+
+class TlsChildSession(TcpChildSession):
+    """A child session over TLS: the same frames, received with a ``recv_into`` loop under a Python
+    socket timeout (an SSLSocket has no ``MSG_WAITALL`` and ignores kernel deadlines; each call
+    returns at most one TLS record, 16 KiB)."""
+
+    def _recv_into(self, view: memoryview, timeout: float) -> None:
+        if timeout != self._timeout:
+            self.sock.settimeout(timeout)
+            self._timeout = timeout
+        recv_into = self.sock.recv_into
+        got, n = 0, len(view)
+        while got < n:
+            try:
+                k = recv_into(view[got:], n - got)
+            except TimeoutError:
+                raise TransportError(f"{self.peer}: no data for {timeout:.1f}s (stalled)", peer=self.peer) from None
+            except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
+                raise TransportError(f"{self.peer}: connection closed", peer=self.peer) from None
+            except ssl.SSLError as exc:
+                raise TlsError(f"{self.peer}: TLS: {exc}", peer=self.peer) from exc
+            except OSError as exc:
+                raise TransportError(f"{self.peer}: {exc}", peer=self.peer, errno_=exc.errno) from exc
+            if k == 0:
+                raise TransportError(f"{self.peer}: connection closed", peer=self.peer)
+            got += k
 
 
 class TcpListener(Listener):
     #: label of this listener's sessions in metrics (a subclass serves another transport)
     transport_name = "tcp"
 
-    def __init__(self, address: str, authorize: Authorizer, *, io_timeout: float = 30.0):
+    def __init__(self, address: str, authorize: Authorizer, *, io_timeout: float = 30.0, tls=None):
         host, port = split_addr(address)
         self._authorize = authorize
+        self._tls = tls  # security.DataTls or None (plain TCP)
         self._io_timeout = io_timeout
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(family, socket.SOCK_STREAM)
@@ -203,8 +253,11 @@ class TcpListener(Listener):
     def _serve(self, conn: socket.socket, peer: str) -> None:
         metrics.ACTIVE_SESSIONS.labels(transport=self.transport_name).inc()
         state = None
+        raw = conn
         try:
             conn.settimeout(self._io_timeout)
+            if self._tls is not None:
+                conn = self._tls_accept(raw, peer)
             recv_exact = _recv_exact_fn(conn, peer)
             hello, version, flags = wire.read_hello_flags(recv_exact)
             if version != wire.VERSION:
@@ -224,11 +277,14 @@ class TcpListener(Listener):
             state = self._accepted(conn, recv_exact, hello, flags, source, peer)
             _pace(conn, source)
             pending = wire.read_request(recv_exact, source.piece_count())
-            _deadlines(conn, self._io_timeout)
+            if self._tls is None:
+                _deadlines(conn, self._io_timeout)  # TLS: stays in timeout mode (same deadline)
             self._send_pieces(conn, source, pending, state)
             conn.sendall(wire.FRAME.pack(wire.T_END, 0, 0))
         except (TransportError, OSError) as exc:
-            if isinstance(exc, TransportError) and ("limit" in str(exc) or "magic" in str(exc)):
+            if isinstance(exc, TlsError):
+                _tls_refused(peer, exc)
+            elif isinstance(exc, TransportError) and ("limit" in str(exc) or "magic" in str(exc)):
                 metrics.REFUSALS.labels(what="data_frame").inc()
             if not self._closed.is_set():
                 log.debug("session with %s ended: %s", peer, exc)
@@ -240,14 +296,51 @@ class TcpListener(Listener):
             metrics.ACTIVE_SESSIONS.labels(transport=self.transport_name).dec()
             with self._lock:
                 self._sessions.discard(conn)
+                self._sessions.discard(raw)
                 host = peer.rsplit(":", 1)[0]
                 self._per_host[host] = self._per_host.get(host, 1) - 1
                 if self._per_host[host] <= 0:
                     self._per_host.pop(host, None)
             try:
                 conn.close()
+                raw.close()
             except OSError:
                 pass
+
+    def _tls_accept(self, raw: socket.socket, peer: str) -> ssl.SSLSocket:
+        """Server side of the TLS handshake (under the socket's timeout); the TLS socket replaces the
+        raw one among the sessions ``close()`` wakes. Raises TlsError (counted by ``_serve``).
+
+        A child that sends a plain hello instead (it runs without ``--data-tls``) gets a plain
+        ``TLS_REQUIRED`` reply, so it fails at once with a clear reason instead of a reset.
+        """
+        try:
+            first = raw.recv(1, socket.MSG_PEEK)
+            if first == wire.MAGIC[:1]:
+                wire.read_hello_flags(_recv_exact_fn(raw, peer))  # consume it: the reply is not lost to a reset
+                raw.sendall(wire.encode_reply(wire.TLS_REQUIRED, "this node requires TLS on data sessions "
+                                                                 "(--data-tls)"))
+                raise wire.TlsMismatch(f"plaintext session from {peer}: the child runs without --data-tls",
+                                       peer=peer)
+            conn = self._tls.server.wrap_socket(raw, server_side=True, do_handshake_on_connect=False)
+            with self._lock:
+                self._sessions.discard(raw)
+                self._sessions.add(conn)
+            try:
+                conn.do_handshake()
+            except BaseException:
+                conn.close()
+                raise
+        except (ssl.SSLError, OSError) as exc:
+            if self._closed.is_set():
+                raise TransportError("listener closed", peer=peer) from None
+            if isinstance(exc, TlsError):
+                raise
+            if isinstance(exc, TransportError):  # not even a modeldist hello
+                raise TlsError(f"TLS handshake with {peer} failed: {exc}", peer=peer) from exc
+            detail = f"timed out after {self._io_timeout:.1f}s" if isinstance(exc, TimeoutError) else exc
+            raise TlsError(f"TLS handshake with {peer} failed: {detail}", peer=peer) from exc
+        return conn
 
     def _accepted(self, conn: socket.socket, recv_exact, hello: Hello, flags: int, source, peer: str):
         """The hello is authorized: answer it; returns per-session state for ``_send_pieces``.
@@ -264,6 +357,7 @@ class TcpListener(Listener):
         """Send pieces as they become available, earliest-requested first (a small window)."""
         idle_since = time.monotonic()
         window = 64
+        send = _sendall2 if self._tls is None else _sendall2_tls
         while pending and not self._closed.is_set():
             sent_any = False
             for pos in range(min(window, len(pending))):
@@ -272,7 +366,7 @@ class TcpListener(Listener):
                 if view is None:
                     continue
                 head = wire.FRAME.pack(wire.T_PIECE, i, len(view))
-                _sendall2(conn, head, view)
+                send(conn, head, view)
                 source.sent(len(view), "tcp")
                 del pending[pos]
                 sent_any = True
@@ -291,10 +385,7 @@ class TcpListener(Listener):
             pass
         with self._lock:
             for s in list(self._sessions):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+                _shutdown(s)
             threads = list(self._threads)
         self._acceptor.join(timeout=5)
         for t in threads:
@@ -324,9 +415,16 @@ def _sendall2(conn: socket.socket, head: bytes, view: memoryview) -> None:
             conn.sendall(view[sent - len(head):])
 
 
+def _sendall2_tls(conn: ssl.SSLSocket, head: bytes, view: memoryview) -> None:
+    """``_sendall2`` for a TLS session (an SSLSocket has no ``sendmsg``): header, then payload."""
+    conn.sendall(head)
+    conn.sendall(view)
+
+
 def open_session(address: str, hello: Hello, timeout: float, flags: int = 0,
-                 accept: tuple[int, ...] = (wire.OK,)) -> tuple[socket.socket, int]:
-    """Connect, send the hello, read the reply: (socket, reply status in ``accept``).
+                 accept: tuple[int, ...] = (wire.OK,), tls=None) -> tuple[socket.socket, int]:
+    """Connect (over TLS with ``tls``, a ``security.DataTls``), send the hello, read the reply:
+    (socket, reply status in ``accept``).
 
     The socket is left in timeout mode (``timeout``) for the rest of the handshake.
     """
@@ -338,15 +436,35 @@ def open_session(address: str, hello: Hello, timeout: float, flags: int = 0,
     try:
         _tune(sock)
         sock.settimeout(timeout)
+        if tls is not None:
+            sock = tls.client.wrap_socket(sock, server_side=False, do_handshake_on_connect=False)
+            sock.do_handshake()
         sock.sendall(wire.encode_hello(hello, flags))
+        # TLS 1.3: a parent that refuses our certificate says so here, at the first read
         status, message = wire.read_reply(_recv_exact_fn(sock, address))
     except (OSError, TransportError) as exc:
         sock.close()
+        if isinstance(exc, wire.TlsMismatch):  # plain here, the parent answered in TLS
+            _tls_refused(address, exc)
+            raise wire.TlsMismatch(f"{address}: {exc}", peer=address) from None
+        if tls is not None and not (isinstance(exc, TransportError) and "connection closed" not in str(exc)):
+            if isinstance(exc, TimeoutError):
+                detail = f"timed out after {timeout:.1f}s"
+            elif isinstance(exc, (TransportError, ssl.SSLEOFError, ConnectionError)):
+                detail = "the peer closed the connection (does it run with --data-tls?)"
+            else:
+                detail = str(exc)
+            _tls_refused(address, f"handshake failed: {detail}")
+            raise TlsError(f"TLS handshake with {address} failed: {detail}", peer=address) from exc
         if isinstance(exc, TransportError):
             raise
         raise TransportError(f"handshake with {address} failed: {exc}", peer=address) from exc
     if status not in accept:
         sock.close()
+        if status == wire.TLS_REQUIRED:
+            _tls_refused(address, message)
+            raise wire.TlsMismatch(f"{address} refused the session: it requires TLS on data sessions "
+                                   "(--data-tls) and this node runs without it", peer=address)
         if status == wire.AUTH:
             raise AuthError(f"{address} refused the session: {message}")
         raise TransportError(f"{address} refused the session ({status}): {message}", peer=address)
@@ -354,17 +472,23 @@ def open_session(address: str, hello: Hello, timeout: float, flags: int = 0,
 
 
 class TcpTransport(Transport):
+    """``tcp``; with ``config.data_tls`` every session (both ends) is mutual TLS 1.3."""
+
     name = "tcp"
 
     def __init__(self, config=None):
-        pass  # nothing to configure
+        self.tls = None
+        if config is not None and config.data_tls:
+            from ...security import data_tls_contexts  # ConfigError now if a file is missing or bad
+
+            self.tls = data_tls_contexts(config)
 
     def listen(self, address: str, authorize: Authorizer) -> Listener:
-        return TcpListener(address, authorize)
+        return TcpListener(address, authorize, tls=self.tls)
 
     def connect(self, address: str, hello: Hello, *, timeout: float, regions=None) -> ChildSession:
-        sock, _ = open_session(address, hello, timeout)
-        return TcpChildSession(sock, address)
+        sock, _ = open_session(address, hello, timeout, tls=self.tls)
+        return (TcpChildSession if self.tls is None else TlsChildSession)(sock, address)
 
 
 register("tcp", TcpTransport)

@@ -28,6 +28,11 @@ the session is plain TCP. A parent that can serve over RDMA answers ``OK_RDMA`` 
                      FALLBACK u8 6 | u32 0 | u32 0              (RDMA broke: every RDMA piece not
                               acknowledged is sent again as PIECE frames, and the rest too)
 
+TLS (``--data-tls``): the same frames inside a TLS 1.3 session that both ends open right after the
+TCP connection. A parser that meets a TLS record where a hello or reply should be raises
+``TlsMismatch`` (one end runs without ``--data-tls``); a TLS parent that gets a plain hello reads it
+and answers a plain ``REPLY`` with status ``TLS_REQUIRED``, then closes.
+
 Parsers take exactly the bytes they need and check every length against its limit before
 reading a payload; anything else is ``TransportError`` (or ``AuthError`` for a refused hello).
 """
@@ -37,7 +42,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from ...errors import TransportError
+from ...errors import TlsError, TransportError
 from ..base import Hello
 
 MAGIC = b"MDP1"
@@ -47,7 +52,7 @@ MAX_NODE_ID = 256
 MAX_REQUEST = 16_000_000
 MAX_PIECE = 1 << 30
 
-OK, AUTH, UNKNOWN_MODEL, BUSY, BAD_VERSION, BAD_REQUEST, OK_RDMA = range(7)
+OK, AUTH, UNKNOWN_MODEL, BUSY, BAD_VERSION, BAD_REQUEST, OK_RDMA, TLS_REQUIRED = range(8)
 
 #: hello flags
 HELLO_RDMA = 0x1
@@ -58,6 +63,15 @@ RDMA_EXT = struct.Struct("<IQ")  # rkey, remote address (follows an RDMA frame h
 QP_INFO = struct.Struct("<BII16sHBBBB")  # type, qp_num, psn, gid, lid, mtu, rd_atomic, link layer, 0
 _HELLO_HEAD = struct.Struct("<4sHH32sH")
 _REPLY_HEAD = struct.Struct("<4sBH")
+
+
+class TlsMismatch(TlsError):
+    """One end of a session speaks TLS (``--data-tls``) and the other does not."""
+
+
+def _tls_record(head: bytes) -> bool:
+    """Whether these bytes start a TLS record (handshake 0x16 or alert 0x15, version 3.x)."""
+    return len(head) >= 2 and head[0] in (0x15, 0x16) and head[1] == 3
 
 
 def encode_hello(h: Hello, flags: int = 0) -> bytes:
@@ -78,6 +92,8 @@ def read_hello_flags(recv_exact) -> tuple[Hello, int, int]:
     """``read_hello`` that also returns the hello's flags (unknown bits are the caller's to ignore)."""
     magic, version, flags, digest, tlen = _HELLO_HEAD.unpack(recv_exact(_HELLO_HEAD.size))
     if magic != MAGIC:
+        if _tls_record(magic):
+            raise TlsMismatch("the child started a TLS handshake: it runs with --data-tls, this node does not")
         raise TransportError("not a modeldist data session (bad magic)")
     if tlen > MAX_TOKEN:
         raise TransportError(f"token length {tlen} over the limit {MAX_TOKEN}")
@@ -100,6 +116,8 @@ def encode_reply(status: int, message: str = "") -> bytes:
 def read_reply(recv_exact) -> tuple[int, str]:
     magic, status, mlen = _REPLY_HEAD.unpack(recv_exact(_REPLY_HEAD.size))
     if magic != MAGIC:
+        if _tls_record(magic):
+            raise TlsMismatch("the parent answered in TLS: it runs with --data-tls, this node does not")
         raise TransportError("peer is not a modeldist agent (bad magic in reply)")
     if mlen > 1024:
         raise TransportError("reply message too long")
