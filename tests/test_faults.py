@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -44,6 +45,7 @@ from tests.test_swarm import (  # noqa: F401 - s3 is a fixture, used by name
     SYNTH,
     Clusters,
     children_of,
+    clusters,
     header_bytes,
     model_row,
     premise,
@@ -582,3 +584,46 @@ def test_live_peer_stalled_mid_piece_children_reparented_and_complete(peer_stall
     r = peer_stalled
     assert r.completed, r.describe()
     assert all("stuck" not in p for p in r.parents.values()), r.describe()
+
+
+# ------------------------------------------------------------------------------------------------
+# scenario 4: one node's store is full (ENOSPC)
+
+
+@pytest.mark.timeout(120)
+def test_store_full_node_fails_clearly_and_its_children_are_reparented(s3, clusters):
+    """One agent's store is a 16 MiB tmpfs (the model is 24 MiB): it cannot take the model. It
+    says so (state failed, the StoreError in its status), nothing there is marked complete, and the
+    nodes it was to feed are re-parented and complete bit-identical; the origin is still read once."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    victim = "node3"
+    with CountingProxy(s3.port, rate=SLOW_ORIGIN) as proxy:
+        cluster = clusters.start(0, piece_size=f"{SMALL_PIECE}", env=s3.env)
+        mnt = cluster.store_of(victim)
+        mnt.mkdir(parents=True, exist_ok=True)
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)]).returncode != 0:
+            pytest.skip("cannot mount a tmpfs here")
+        try:
+            for i in range(4):
+                cluster.start_agent(f"node{i}")
+            cluster.wait_registered(4)
+            model, _, total = start_stage(cluster.address, s3_uri(proxy.port, BUCKET, SYNTH))
+            w = watch(cluster.address, model, ignore=[victim], timeout=60)
+            row = w.row
+            v = row_of(row, victim)
+            assert v.state == "failed" and "StoreError" in v.error, v
+            assert not v.complete
+            assert not children_of(row, victim), "someone still waits for the failed node"
+            survivors = [n.node_id for n in row.nodes if n.node_id != victim]
+            assert all(row_of(row, n).complete for n in survivors), row
+            assert not differing(cluster, model, survivors, s3.synth_dir)
+            assert not (mnt / model / ".modeldist" / "complete").exists()
+            assert sum(row_of(row, n).origin_bytes for n in survivors) == total
+            assert proxy.stats.object_bytes(BUCKET) == total + header_bytes(s3.synth_dir)
+        finally:
+            for p in cluster.agents.values():
+                if p.poll() is None:
+                    p.kill()
+                    p.wait(timeout=10)
+            subprocess.run(["umount", "-l", str(mnt)])

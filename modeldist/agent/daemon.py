@@ -64,6 +64,8 @@ class Agent:
         self._stopping = asyncio.Event()
         self._md = call_metadata(self.config)
         self._scheduler_id: str | None = None
+        #: model -> why this node could not take its assignment (reported once to the scheduler)
+        self._refused: dict[str, str] = {}
 
     @property
     def node_id(self) -> str:
@@ -151,7 +153,10 @@ class Agent:
                 try:
                     await loop.run_in_executor(None, self._on_assignment, upd.assignment)
                 except ModelDistError as exc:
+                    # e.g. a store without room for the model: say so, so the scheduler re-parents
+                    # this node's children instead of leaving them waiting for it
                     log.error("cannot take assignment for %s: %s", upd.assignment.model[:12], exc)
+                    self._refused[upd.assignment.model] = f"{type(exc).__name__}: {exc}"
             elif kind == "digests":
                 job = self.jobs.get(upd.digests.model)
                 if job is not None:
@@ -198,6 +203,9 @@ class Agent:
             last_beat = 0.0
             while True:
                 sent = False
+                for model in list(self._refused):
+                    yield pb.ProgressReport(node_id=self.node_id, model=model, error=self._refused.pop(model))
+                    sent = True
                 for model, job in list(self.jobs.items()):
                     r = job.take_report()
                     if r["have"] or r["digests"] or r["failures"] or r["complete"] != getattr(job, "_reported_complete", None):

@@ -331,9 +331,18 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         if now - t0 >= 1.0:
             prog.rate = (got - b0) / (now - t0) if t0 else 0.0
             prog.rate_mark = (now, got)
-        if r.error:
+        if r.error and prog.state != "failed":
             prog.error = r.error
             prog.state = "failed"
+            log.error("model %s failed on %s: %s", job.manifest.digest[:12], node_id, r.error)
+            if job.plan is not None and node_id in job.plan.nodes:
+                # its children must not wait for it (a full store, a broken origin): re-parent them.
+                # Not excluded: staged again (after freeing space), it joins like any node
+                self._remove_from_job(job, node_id, "failed")
+                node = self.nodes.get(node_id)
+                if node is not None and node.queue is not None:
+                    node.queue.put_nowait(pb.PlanUpdate(cancel=pb.Cancel(model=job.manifest.digest,
+                                                                         reason=f"failed here: {r.error[:200]}")))
         if r.complete and not prog.complete:
             prog.complete = True
             prog.state = "complete"
