@@ -48,6 +48,7 @@ import importlib.util
 import inspect
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -412,10 +413,12 @@ def row_notes(name: str, runs: list[dict]) -> str:
                 f"{_span([len(r['reread_held_by_a_survivor']) for r in done])}")
     if name == "stall_mid_piece":
         cut = [sum(n for p in r["partial"].values() for n in p.values()) for r in done]
+        by_report = all(r["reparented_after"] - r["stalled_after"] < 3.0 for r in done)
         return (f"the child held {_span(cut)} B of a 256 KiB piece when its read deadline fired, "
                 f"{_span([r['stalled_after'] for r in done], '{:.1f}')} s after the stop (8 MiB queue drained at "
                 f"3 MiB/s + 2 s); re-parented {_span([r['reparented_after'] for r in done], '{:.1f}')} s after the "
-                f"stop, by the scheduler's silence timer (--dead-after 12), not by the children's reports")
+                f"stop, " + ("on the child's report of its read deadline" if by_report else
+                             "by the scheduler's silence timer (--dead-after 12), not by the child's report"))
     if name == "restart":
         same = all(r["fetched_bytes"] == r["missing_bytes"] for r in done)
         return (f"the restarted relay fetched {_span([r['fetched_bytes'] for r in done])} B, "
@@ -435,7 +438,7 @@ def row_notes(name: str, runs: list[dict]) -> str:
         return (f"children cut off mid-piece in {cut}/{len(done)} runs (between pieces otherwise); relay declared "
                 f"dead by the silence timer (3 s)")
     notes = sorted({r.get("notes", "") for r in done if r.get("notes")})
-    return " | ".join(notes)
+    return "; ".join(notes)
 
 
 def summarize(rows: dict[str, list[dict]]) -> list[dict]:
@@ -466,10 +469,22 @@ def summarize(rows: dict[str, list[dict]]) -> list[dict]:
         med = medians[name]
         notes = [row_notes(name, runs)] if done else []
         if errors:
-            notes.append(f"{len(errors)} run(s) raised: {errors[0].splitlines()[-1]}")
+            last = errors[0].strip().splitlines()[-1]
+            stuck = re.findall(r"NodeRow\(node_id='([^']+)', have=(\d+), complete=False, state='([^']+)'", last)
+            pieces = re.search(r"pieces=(\d+)", last)
+            if stuck and last.startswith("TimeoutError"):
+                notes.append(f"{len(errors)} run(s) did not complete in {WAIT:.0f} s: "
+                             + ", ".join(f"{n} stuck at {h}/{pieces.group(1) if pieces else '?'} pieces, "
+                                         f"state '{st}'" for n, h, st in stuck))
+            else:
+                notes.append(f"{len(errors)} run(s) raised: {last[:160]}")
+        secs = [r["seconds"] for r in runs if r.get("seconds") is not None]
+        if med is None and secs:  # some runs did not complete: the time of those that did
+            med = statistics.median(secs)
+            notes.append(f"time over the {len(secs)} complete runs")
         row.update(result=result, origin_over_model=statistics.median(ratios) if ratios else None,
                    origin_over_model_all=ratios, median_s=med, all_s=[r.get("seconds") for r in runs],
-                   ratio=(med / ref) if med is not None and ref else None, notes=" | ".join(notes))
+                   ratio=(med / ref) if med is not None and ref else None, notes="; ".join(n for n in notes if n))
         out.append(row)
     return out
 
