@@ -41,6 +41,8 @@ __all__ = ["SchedulerService", "serve"]
 log = logging.getLogger(__name__)
 
 DIGEST = 32
+#: shortest time a parent must owe a child a piece it holds before a report demotes it (s)
+SUSPECT_MIN_S = 1.0
 GRPC_OPTIONS = [("grpc.max_send_message_length", 256 << 20), ("grpc.max_receive_message_length", 256 << 20)]
 
 
@@ -85,8 +87,9 @@ class ModelJob:
     pending_digests: list[int] = field(default_factory=list)
     replans: int = 0
     excluded: set = field(default_factory=set)
-    #: (reporter, peer) -> failure reports against that edge ("stalled", "unreachable")
-    strikes: dict = field(default_factory=dict)
+    #: (child, parent) -> (since, pieces the parent held and owed the child then): a parent
+    #: still owing any of them at a later stall/unreachable report is not forwarding
+    suspect: dict = field(default_factory=dict)
     #: while rebuilding after a scheduler restart (plan is None): node -> what it said it executes
     resumed: dict | None = None
     resume_since: float = 0.0
@@ -367,31 +370,50 @@ class SchedulerService(pb_grpc.SchedulerServicer):
                 return
             # its control plane still reports. A parent that sends nothing because it has nothing
             # yet (its own upstream is slow) is fine; one that holds pieces it owes the reporter
-            # and does not deliver them has a broken data plane: take it out of this broadcast
-            # (its children re-parented at once) instead of waiting for a silence that never comes
-            strikes = job.strikes[(reporter, peer)] = job.strikes.get((reporter, peer), 0) + 1
-            needed = 3 if f.kind == "unreachable" else 1  # a refused connect is retried a few times first
-            # stalled mid-piece: the parent had started sending that piece, so it holds it (its
-            # report of it may not have reached us yet)
+            # and does not deliver them has a broken data plane: it stops forwarding (demoted to
+            # a leaf, its children re-parented at once) instead of waiting for a silence that
+            # never comes. Evidence: a stall in the middle of a piece (the parent held it, it was
+            # sending it), or pieces it owed at an earlier report still owed at this one.
+            if peer not in job.plan.nodes or reporter not in job.plan.nodes or job.plan.home.get(peer) is None:
+                return  # not a forwarder (any more): nothing to take away from it
+            now = time.monotonic()
+            owed = self._owed(job, peer, reporter)
             mid = (f.kind == "stalled_mid_piece" and f.piece < len(job.manifest.pieces)
-                   and reporter in job.plan.nodes
                    and job.plan.parents_of(reporter)[job.plan.stripe_of(f.piece)] == peer)
-            if strikes >= needed and peer in job.plan.nodes and (mid or self._owes(job, peer, reporter)):
-                log.warning("model %s: %s holds pieces %s waits for but does not send them (%s): excluding it",
-                            job.manifest.digest[:12], peer, reporter, f.kind)
+            since, before = job.suspect.get((reporter, peer), (now, set()))
+            if mid or (before & owed and now - since >= SUSPECT_MIN_S):
+                log.warning("model %s: %s does not send %s pieces it holds (%s, %s): demoting it to a leaf",
+                            job.manifest.digest[:12], peer, reporter, f.kind,
+                            f"piece {f.piece} cut off" if mid else f"{len(before & owed)} owed for {now - since:.1f}s")
                 metrics.PIECES_REPORTED.labels(result="stalled").inc()
-                self._exclude(job, peer, "data plane stalled", "stalled")
+                job.suspect = {e: v for e, v in job.suspect.items() if peer not in e}
+                self._demote(job, peer, f"{f.kind} per {reporter}")
+            elif owed and not (before & owed):
+                job.suspect[(reporter, peer)] = (now, owed)  # suspected from now on
 
-    def _owes(self, job: ModelJob, parent: str, child: str) -> bool:
-        """Does ``parent`` hold (as far as its reports say) a piece it should be sending ``child``?"""
-        if child not in job.plan.nodes:
-            return False
+    def _owed(self, job: ModelJob, parent: str, child: str) -> set[int]:
+        """Pieces ``parent`` holds (as far as its reports say) that it should be sending ``child``."""
         stripes = {s for s, p in enumerate(job.plan.parents_of(child)) if p == parent}
         pp, cp = job.progress.get(parent), job.progress.get(child)
         if not stripes or pp is None or cp is None:
-            return False
+            return set()
         k = job.plan.k
-        return any(i % k in stripes and i not in cp.have for i in pp.have)
+        return {i for i in pp.have if i % k in stripes and i not in cp.have}
+
+    def _demote(self, job: ModelJob, peer: str, why: str) -> None:
+        """``peer`` stops forwarding: out of the trees, back in as a leaf everywhere (late-joiner
+        style). Its own download goes on (only the stripes whose parent changes restart)."""
+        if len(job.plan.nodes) <= 1:
+            return
+        self._remove_from_job(job, peer, f"demoted: {why}")
+        if peer in job.plan.nodes:
+            return  # (the repair could not remove it)
+        job.plan = planner.add_node(job.plan, self._info(peer))
+        self._send_assignment(job, peer)
+        for p in set(p for p in job.plan.parents_of(peer) if p):
+            self._send_assignment(job, p)  # its children count (pacing) changed
+        if peer in job.progress:
+            job.progress[peer].state = "fetching" if not job.progress[peer].complete else "complete"
 
     def _exclude(self, job: ModelJob, peer: str, reason: str, state: str) -> None:
         """Out of this broadcast for good: children re-parented, its own job here cancelled."""

@@ -1,0 +1,122 @@
+"""The scheduler's verdict on stall reports (``SchedulerService._on_failure``), fed directly.
+
+A child reports its parent ``stalled`` (read deadline between pieces), ``stalled_mid_piece`` or
+``unreachable``. The parent's control plane still reports, so the silence timer never fires. The
+scheduler must demote a parent that holds pieces it owes the child and does not send them, and
+must leave alone a parent that is merely waiting on its own slow upstream (pieces move between
+reports) — under a flaky origin every parent looks like that for a while. Real manifest, real
+planner, real service object; no processes.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+
+import pytest
+
+from modeldist.config import Config
+from modeldist.demo import generate_model
+from modeldist.manifest import Manifest
+from modeldist.proto import pb
+from modeldist.scheduler import planner
+from modeldist.scheduler import service as svc
+from modeldist.scheduler.service import DIGEST, ModelJob, NodeProgress, NodeState, SchedulerService
+
+NODES = [f"n{i}" for i in range(6)]
+
+
+@pytest.fixture(scope="module")
+def manifest(tmp_path_factory) -> Manifest:
+    folder = tmp_path_factory.mktemp("model")
+    generate_model(folder, 4 << 20)
+    return Manifest.from_source(str(folder), piece_size=64 << 10)
+
+
+@pytest.fixture
+def sched(manifest):
+    s = SchedulerService(Config.load(env={}), dead_after=60.0)
+    for n in NODES:
+        s.nodes[n] = NodeState(spec=pb.NodeSpec(node_id=n, data_addr=f"127.0.0.1:{7000 + int(n[1:])}"))
+    plan = planner.plan_broadcast([s._info(n) for n in NODES])
+    job = ModelJob(manifest=manifest, manifest_json=manifest.to_json(), source="x", revision="", key=secrets.token_bytes(32),
+                   plan=plan, digests=bytearray(DIGEST * len(manifest.pieces)), known=bytearray(len(manifest.pieces)))
+    for n in NODES:
+        job.progress[n] = NodeProgress()
+    s.jobs[manifest.digest] = job
+    return s, job
+
+
+def edge(job: ModelJob) -> tuple[str, str, int]:
+    """A (child, forwarding parent, stripe) edge of the plan (the parent is not a root)."""
+    for t in job.plan.stripes:
+        for child, parent in sorted(t.parent.items()):
+            if parent != t.root:
+                return child, parent, t.stripe
+    raise AssertionError("no interior non-root parent in the plan")
+
+
+def pieces_of(job: ModelJob, stripe: int) -> list[int]:
+    return list(job.plan.pieces_of_stripe(stripe, len(job.manifest.pieces)))
+
+
+def report(s: SchedulerService, job: ModelJob, child: str, parent: str, kind: str, piece: int = 0) -> None:
+    s._on_failure(job, child, pb.Failure(peer=parent, piece=piece, kind=kind, detail="test"))
+
+
+def forwards(job: ModelJob, node: str) -> bool:
+    return bool(job.plan.children_of(node))
+
+
+def test_parent_waiting_on_its_upstream_is_not_demoted(sched, monkeypatch):
+    s, job = sched
+    child, parent, stripe = edge(job)
+    ps = pieces_of(job, stripe)
+    clock = [1000.0]
+    monkeypatch.setattr(svc.time, "monotonic", lambda: clock[0])
+    # each report: the parent holds one piece more, the child got the previous one in between
+    for step in range(6):
+        job.progress[parent].have.add(ps[step])
+        if step:
+            job.progress[child].have.add(ps[step - 1])
+        report(s, job, child, parent, "stalled")
+        clock[0] += 5.0
+    assert forwards(job, parent), "a parent that keeps delivering (slowly) was demoted"
+    assert child in job.plan.children_of(parent)
+
+
+def test_parent_that_keeps_owing_a_piece_is_demoted(sched, monkeypatch):
+    s, job = sched
+    child, parent, stripe = edge(job)
+    ps = pieces_of(job, stripe)
+    clock = [1000.0]
+    monkeypatch.setattr(svc.time, "monotonic", lambda: clock[0])
+    job.progress[parent].have.update(ps[:3])
+    report(s, job, child, parent, "stalled")
+    assert forwards(job, parent), "one report is not evidence enough"
+    clock[0] += 0.2
+    report(s, job, child, parent, "unreachable")
+    assert forwards(job, parent), "too soon: the piece may be on its way"
+    clock[0] += 2.0
+    report(s, job, child, parent, "stalled")
+    assert not forwards(job, parent), "owed the same pieces for 2 s and never sent them"
+    assert parent in job.plan.nodes, "demoted to a leaf, not removed: its own download goes on"
+    assert job.plan.home[parent] is None
+    assert child in job.plan.nodes and parent not in job.plan.parents_of(child)
+
+
+def test_stall_in_the_middle_of_a_piece_demotes_at_once(sched):
+    s, job = sched
+    child, parent, stripe = edge(job)
+    piece = pieces_of(job, stripe)[0]
+    report(s, job, child, parent, "stalled_mid_piece", piece)
+    assert not forwards(job, parent)
+    assert parent in job.plan.nodes
+
+
+def test_mid_piece_report_about_a_piece_the_parent_does_not_feed_is_ignored(sched):
+    s, job = sched
+    child, parent, stripe = edge(job)
+    other = next(t.stripe for t in job.plan.stripes if job.plan.parents_of(child)[t.stripe] != parent)
+    report(s, job, child, parent, "stalled_mid_piece", pieces_of(job, other)[0])
+    assert forwards(job, parent)
