@@ -5,7 +5,9 @@ Model
 Every node has an uplink and a downlink capacity (bytes/s). A *flow* moves one piece from ``src``
 to ``dst``. While active, a flow runs at
 
-    rate = min(up[src] / (#active flows out of src), down[dst] / (#active flows into dst))
+    rate = min(up[src] / (#active flows out of src), down[dst] / (#active flows into dst), cap)
+
+(``cap``: the flow's own pacing limit, infinite unless the strategy sets one)
 
 i.e. each link is shared equally among the flows using it and a flow gets the smaller of its two
 shares (the usual "fair share of the bottleneck" fluid approximation; it is not max-min water-filling:
@@ -32,9 +34,9 @@ __all__ = ["Flow", "Engine"]
 
 
 class Flow:
-    __slots__ = ("src", "dst", "piece", "size", "left", "t0", "rate", "ver", "tag", "alive")
+    __slots__ = ("src", "dst", "piece", "size", "left", "t0", "rate", "ver", "tag", "alive", "cap")
 
-    def __init__(self, src: int, dst: int, piece: int, size: float, t0: float, tag) -> None:
+    def __init__(self, src: int, dst: int, piece: int, size: float, t0: float, tag, cap: float = math.inf) -> None:
         self.src = src
         self.dst = dst
         self.piece = piece
@@ -45,6 +47,7 @@ class Flow:
         self.ver = 0
         self.tag = tag
         self.alive = True
+        self.cap = cap  # a pacing limit of its own (bytes/s), on top of the link shares
 
 
 class Engine:
@@ -78,8 +81,8 @@ class Engine:
         if node not in self._touched:
             self._touched[node] = (len(self.ups[node]), len(self.downs[node]))
 
-    def start(self, src: int, dst: int, piece: int, size: float, tag=None) -> Flow:
-        f = Flow(src, dst, piece, size, self.now, tag)
+    def start(self, src: int, dst: int, piece: int, size: float, tag=None, cap: float = math.inf) -> Flow:
+        f = Flow(src, dst, piece, size, self.now, tag, cap)
         self._touch(src)
         self._touch(dst)
         self.ups[src][f] = None
@@ -125,6 +128,8 @@ class Engine:
             a = up[f.src] / len(ups[f.src])
             b = down[f.dst] / len(downs[f.dst])
             r = a if a < b else b
+            if f.cap < r:
+                r = f.cap
             if r == f.rate:
                 continue
             if f.rate > 0.0:

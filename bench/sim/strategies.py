@@ -99,7 +99,16 @@ class TreeStrategy(Strategy):
         if p < 0 or not self.alive[p] or self.recv[s][p] <= i:
             return
         piece = s + self.k * i
-        self.busy[s][v] = self.eng.start(p, v, piece, self.sizes[piece], s)
+        self.busy[s][v] = self.eng.start(p, v, piece, self.sizes[piece], s, cap=self.pace_of(p))
+
+    #: a parent paces each child at this share of its upload / max(k, children) (None: unpaced)
+    pace: float | None = None
+
+    def pace_of(self, p: int) -> float:
+        if self.pace is None or p == self.origin:
+            return math.inf
+        n = sum(len(ch[p]) for ch in self.children)
+        return self.pace * self.up[p] / max(self.k, n, 1)
 
     def begin(self) -> None:
         for v in range(self.n_initial):
@@ -212,8 +221,10 @@ class NaivePull(_FixedTree):
 
 
 class ModeldistPlan(TreeStrategy):
-    """The real planner: ``plan_broadcast``; ``remove_node`` on failure, ``add_node`` for late joiners."""
+    """The real planner: ``plan_broadcast``; ``remove_node`` on failure, ``add_node`` for late joiners.
+    Parents pace each child as the agents do (``Job.send_rate``)."""
     name = "modeldist"
+    pace = 0.98
 
     def begin(self) -> None:
         from modeldist.scheduler import planner as P
