@@ -275,3 +275,22 @@ def test_swarm_broadcast_with_data_tls_on_every_agent(tmp_path, minilm_dir, tls_
         while tls_log_lines() < 3 and time.monotonic() < deadline:  # each agent logs just after it replies
             time.sleep(0.05)
         assert tls_log_lines() == 3  # the three probes above, nothing during the broadcast
+
+
+@pytest.mark.timeout(120)
+def test_scheduler_refuses_an_agent_whose_data_tls_differs(tmp_path, tls_certs, monkeypatch):
+    """A plaintext agent joining a --data-tls cluster could talk to nobody (and its failing sessions
+    would look like stalls): the scheduler refuses its registration with a clear reason."""
+    for key, name in (("TLS_CERT", "server.pem"), ("TLS_KEY", "server.key"), ("TLS_CA", "ca.pem")):
+        monkeypatch.setenv(f"MODELDIST_{key}", tls_certs[name])
+    with LocalCluster(tmp_path, 2, agent_args=["--data-tls"]) as cluster:
+        cluster.agent_args = []
+        cluster.start_agent("plain")  # the same certificates for gRPC, but no --data-tls
+        log = cluster.logs / "plain.log"
+        deadline = time.monotonic() + 30
+        while "data-plane TLS mismatch" not in (log.read_text() if log.exists() else ""):
+            assert time.monotonic() < deadline, (log.read_text() if log.exists() else "no log",
+                                                 (cluster.logs / "scheduler.log").read_text()[-2000:])
+            time.sleep(0.1)
+        nodes = {node[0] for node in get_status(cluster.address, config=cluster.client_config).nodes}
+        assert nodes == {"node0", "node1"}

@@ -97,7 +97,7 @@ class Agent:
                     stub = pb_grpc.SchedulerStub(channel)
                     spec = pb.NodeSpec(node_id=self.node_id, data_addr=self.data_addr, upload_bps=self.upload_bps,
                                        download_bps=self.download_bps, labels=self.labels,
-                                       transports=[self.transport_name])
+                                       transports=[self.transport_name, *(["tls"] if self.config.data_tls else [])])
                     # what this node executes goes with it: a restarted scheduler rebuilds its jobs from it
                     resume = await loop.run_in_executor(None, self._resume_msgs)
                     reply = await stub.Register(pb.RegisterRequest(node=spec, resume=resume), timeout=30,
@@ -124,8 +124,10 @@ class Agent:
                         except (asyncio.CancelledError, grpc.RpcError):
                             pass
                 except grpc.RpcError as exc:
-                    log.warning("scheduler %s: %s; retrying in %.1fs", self.scheduler,
-                                exc.code() if hasattr(exc, "code") else exc, backoff)
+                    code = exc.code() if hasattr(exc, "code") else exc
+                    details = exc.details() if hasattr(exc, "details") else ""
+                    log.warning("scheduler %s: %s%s; retrying in %.1fs", self.scheduler, code,
+                                f" ({details})" if details else "", backoff)
                 finally:
                     await channel.close()
                 if self._stopping.is_set():

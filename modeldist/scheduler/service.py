@@ -129,6 +129,17 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         spec = request.node
         if not spec.node_id or not spec.data_addr:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "node_id and data_addr are required")
+        # one data plane per cluster: a TLS agent and a plaintext one cannot talk to each other, and
+        # their failing sessions would look like stalls. Refuse the odd one, loudly.
+        tls = "tls" in spec.transports
+        others = {n: "tls" in s.spec.transports for n, s in self.nodes.items() if s.alive and n != spec.node_id}
+        if others and any(v != tls for v in others.values()):
+            other = next(n for n, v in others.items() if v != tls)
+            log.error("refusing %s: data-plane TLS %s, but %s has it %s", spec.node_id, "on" if tls else "off", other,
+                      "off" if tls else "on")
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION,
+                                f"data-plane TLS mismatch: this agent has --data-tls {'on' if tls else 'off'}, "
+                                f"registered agents (e.g. {other}) have it {'off' if tls else 'on'}")
         old = self.nodes.get(spec.node_id)
         if old is not None and not old.alive:
             log.info("node %s is back", spec.node_id)
