@@ -520,6 +520,11 @@ def _weight_files(files: list[FileEntry], tensors: list[TensorEntry],
     return tuple(sorted(st_files))
 
 
+def select_files(listing: Iterable[Any], patterns: Sequence[str] | str | None) -> list[Any]:
+    """The files of ``listing`` that ``Manifest.build`` takes with these ``allow_patterns``."""
+    return _filter(listing, patterns)
+
+
 def _filter(listing: Iterable[Any], patterns: Sequence[str] | str | None) -> list[Any]:
     items = list(listing)
     if patterns is None:
