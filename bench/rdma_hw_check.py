@@ -59,25 +59,7 @@ from modeldist.transport.base import Hello, get_transport  # noqa: E402
 from modeldist.transport.rdma import verbs  # noqa: E402
 
 
-class Source:
-    def __init__(self, mm: mmap.mmap, piece: int):
-        self.mm, self.piece = mm, piece
-        self.n = -(-len(mm) // piece)
-
-    def piece_count(self) -> int:
-        return self.n
-
-    def piece_length(self, i: int) -> int:
-        return min(self.piece, len(self.mm) - i * self.piece)
-
-    def wait_piece(self, i: int, timeout: float):
-        return memoryview(self.mm)[i * self.piece:i * self.piece + self.piece_length(i)]
-
-    def sent(self, nbytes: int, transport: str) -> None:
-        pass
-
-    def regions(self):
-        return {"model": self.mm}
+from tcp_edge import Source  # noqa: E402  (the same model-in-one-mapping PieceSource)
 
 
 def shm_buffer(name: str, size: int) -> mmap.mmap:

@@ -57,6 +57,10 @@ class Source:
     def sent(self, nbytes: int, transport: str) -> None:
         pass
 
+    def regions(self):
+        """The mapping pieces are served from (registered by the RDMA transport; TCP ignores it)."""
+        return {"model": self.mm}
+
 
 def shm_buffer(name: str, size: int) -> mmap.mmap:
     path = f"/dev/shm/modeldist-bench-{os.getpid()}-{name}"

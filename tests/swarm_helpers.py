@@ -54,6 +54,29 @@ def aws_env(tmp: Path) -> dict[str, str]:
     }
 
 
+def header_bytes(origin_dir: Path) -> int:
+    """What building the manifest reads: 8 + header length per .safetensors file, every index whole."""
+    total = 0
+    for f in sorted(origin_dir.rglob("*")):
+        if f.suffix == ".safetensors":
+            with open(f, "rb") as fh:
+                total += 8 + struct.unpack("<Q", fh.read(8))[0]
+        elif f.name.endswith(".safetensors.index.json"):
+            total += f.stat().st_size
+    return total
+
+
+def scrape(port: int) -> dict[str, float]:
+    """Every sample of a /metrics page on 127.0.0.1:``port``: series (with labels) -> value."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            out[name] = float(value)
+    return out
+
+
 def wait_for(pred: Callable[[], object], timeout: float, what: str, interval: float = 0.05):
     deadline = time.monotonic() + timeout
     while True:

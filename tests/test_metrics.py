@@ -2,22 +2,11 @@
 
 from __future__ import annotations
 
-import urllib.request
-
 import pytest
 
 from modeldist.cluster import stage_all
 from modeldist.demo import LocalCluster, free_port, verify_store
-
-
-def scrape(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
+from tests.swarm_helpers import scrape
 
 
 @pytest.mark.timeout(180)

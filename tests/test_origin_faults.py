@@ -12,7 +12,6 @@ plus the backoff), with exactly one request per attempt (pyarrow's internal retr
 
 from __future__ import annotations
 
-import struct
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -35,6 +34,7 @@ from tests.swarm_helpers import (
     FlakyObjects,
     MotoServer,
     aws_env,
+    header_bytes,
     s3_uri,
     sigcont,
 )
@@ -72,18 +72,6 @@ def aws(s3, monkeypatch):
 
 def model_files(folder: Path) -> dict[str, Path]:
     return {f.relative_to(folder).as_posix(): f for f in sorted(folder.rglob("*")) if f.is_file()}
-
-
-def header_bytes(origin_dir: Path) -> int:
-    """What building the manifest reads: 8 + header length per .safetensors file, every index whole."""
-    total = 0
-    for f in sorted(origin_dir.rglob("*")):
-        if f.suffix == ".safetensors":
-            with open(f, "rb") as fh:
-                total += 8 + struct.unpack("<Q", fh.read(8))[0]
-        elif f.name.endswith(".safetensors.index.json"):
-            total += f.stat().st_size
-    return total
 
 
 def check_origin_traffic(proxy: CountingProxy, flaky: FlakyObjects, minilm_dir: Path) -> dict:

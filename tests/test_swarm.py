@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -48,6 +47,7 @@ from tests.swarm_helpers import (
     aws_env,
     file_mapped_at,
     free_port,
+    header_bytes,
     is_stopped,
     s3_uri,
     sigcont,
@@ -190,18 +190,6 @@ def watch(address: str, model: str, *, ignore=(), timeout: float = 90) -> Watch:
 def fraction(row: ModelRow, nodes=None) -> float:
     rows = [n for n in row.nodes if nodes is None or n.node_id in nodes]
     return sum(n.have for n in rows) / max(1, row.pieces * len(rows))
-
-
-def header_bytes(origin_dir: Path) -> int:
-    """What building the manifest reads: 8 + header length per .safetensors file, every index whole."""
-    total = 0
-    for f in sorted(origin_dir.rglob("*")):
-        if f.suffix == ".safetensors":
-            with open(f, "rb") as fh:
-                total += 8 + struct.unpack("<Q", fh.read(8))[0]
-        elif f.name.endswith(".safetensors.index.json"):
-            total += f.stat().st_size
-    return total
 
 
 def assert_bit_identical(cluster: LocalCluster, model: str, nodes, origin_dir: Path) -> None:

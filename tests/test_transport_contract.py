@@ -452,9 +452,9 @@ def test_job_send_rate_is_a_fair_share_of_upload():
     from modeldist.agent.job import PACE_FRACTION, Job
 
     job = Job.__new__(Job)  # only the rate arithmetic: no store, no threads
-    job.k, job.n_children, job.upload_bps = 4, 0, 0.0
+    job.k, job.children, job.upload_bps = 4, [], 0.0
     assert job.send_rate() == 0.0                      # unknown upload: unpaced
     job.upload_bps = 100e6
     assert job.send_rate() == pytest.approx(PACE_FRACTION * 25e6)  # fewer children than stripes: 1/k
-    job.n_children = 10
+    job.children = [f"c{i}" for i in range(10)]
     assert job.send_rate() == pytest.approx(PACE_FRACTION * 10e6)

@@ -112,7 +112,7 @@ class Engine:
         """New rates for flows at nodes whose number of active flows changed, and for new flows."""
         if self.fairness == "maxmin":
             return self._settle_maxmin()
-        ups, downs, up, down, now = self.ups, self.downs, self.up, self.down, self.now
+        ups, downs, up, down = self.ups, self.downs, self.up, self.down
         dirty = dict.fromkeys(self._new)
         for node, (nu, nd) in self._touched.items():
             if len(ups[node]) != nu:
@@ -121,24 +121,26 @@ class Engine:
                 dirty.update(downs[node])
         self._touched = {}
         self._new = []
-        heap = self.heap
         for f in dirty:
             if not f.alive:
                 continue
             a = up[f.src] / len(ups[f.src])
             b = down[f.dst] / len(downs[f.dst])
             r = a if a < b else b
-            if f.cap < r:
-                r = f.cap
-            if r == f.rate:
-                continue
-            if f.rate > 0.0:
-                f.left -= f.rate * (now - f.t0)
-            f.t0 = now
-            f.rate = r
-            f.ver += 1
-            self._seq += 1
-            heapq.heappush(heap, (now + f.left / r if r > 0 else math.inf, self._seq, f.ver, f))
+            self._set_rate(f, f.cap if f.cap < r else r)
+
+    def _set_rate(self, f: Flow, r: float) -> None:
+        """``f`` runs at ``r`` from now on: bank what it moved at the old rate, reschedule its end."""
+        if r == f.rate:
+            return
+        now = self.now
+        if f.rate > 0.0:
+            f.left -= f.rate * (now - f.t0)
+        f.t0 = now
+        f.rate = r
+        f.ver += 1
+        self._seq += 1
+        heapq.heappush(self.heap, (now + f.left / r if r > 0 else math.inf, self._seq, f.ver, f))
 
     def _settle_maxmin(self) -> None:
         """Exact max-min fair rates of every active flow (progressive filling): slow, for checking
@@ -154,6 +156,7 @@ class Engine:
         src = np.fromiter((f.src for f in flows), dtype=np.int64, count=len(flows))
         dst = np.fromiter((f.dst for f in flows), dtype=np.int64, count=len(flows)) + n
         resid = np.array(self.up + self.down, dtype=float)
+        cap = np.fromiter((f.cap for f in flows), dtype=float, count=len(flows))
         rate = np.zeros(len(flows))
         todo = np.ones(len(flows), dtype=bool)
         while todo.any():
@@ -161,23 +164,19 @@ class Engine:
             with np.errstate(divide="ignore", invalid="ignore"):
                 share = np.where(cnt > 0, resid / np.maximum(cnt, 1), np.inf)
             m = share.min()
-            tight = share <= m * (1 + 1e-12)
-            hit = todo & (tight[src] | tight[dst])
+            m_cap = cap[todo].min()
+            if m_cap < m:  # a flow's own pacing limit binds before any link: it is fixed there
+                m = m_cap
+                hit = todo & (cap <= m * (1 + 1e-12))
+            else:
+                tight = share <= m * (1 + 1e-12)
+                hit = todo & (tight[src] | tight[dst])
             rate[hit] = m
             np.subtract.at(resid, src[hit], m)
             np.subtract.at(resid, dst[hit], m)
             todo &= ~hit
-        now, heap = self.now, self.heap
         for f, r in zip(flows, rate.tolist()):
-            if r == f.rate:
-                continue
-            if f.rate > 0.0:
-                f.left -= f.rate * (now - f.t0)
-            f.t0 = now
-            f.rate = r
-            f.ver += 1
-            self._seq += 1
-            heapq.heappush(heap, (now + f.left / r if r > 0 else math.inf, self._seq, f.ver, f))
+            self._set_rate(f, r)
 
     # -- loop ---------------------------------------------------------------------------------
 

@@ -23,7 +23,7 @@ from pathlib import Path
 import grpc
 
 from ..config import Config
-from ..errors import AuthError, ManifestError, ModelDistError, TransportError
+from ..errors import ManifestError, ModelDistError, TransportError
 from ..manifest import Manifest
 from ..proto import pb, pb_grpc
 from ..scheduler.service import GRPC_OPTIONS
@@ -56,7 +56,6 @@ class Agent:
         self.stall_timeout = stall_timeout
         self.store = Store(config=self.config)
         self.jobs: dict[str, Job] = {}
-        self.epochs: dict[str, int] = {}
         self._node_id = node_id
         self.listener = None
         self.data_addr = ""
@@ -106,7 +105,8 @@ class Agent:
                     if self._scheduler_id is not None and reply.scheduler_id != self._scheduler_id:
                         log.warning("scheduler %s restarted: resuming %d job(s) with it", self.scheduler,
                                     len(resume))
-                        self.epochs = {m: -1 for m in self.epochs}  # its plan epochs start over
+                        for job in self.jobs.values():
+                            job.epoch = -1  # its plan epochs start over
                     self._scheduler_id = reply.scheduler_id
                     log.info("registered with %s as %s (data %s)", self.scheduler, self.node_id, self.data_addr)
                     if not announced and ready is not None:
@@ -183,22 +183,19 @@ class Agent:
                       transport=self.transport_name, stall_timeout=self.stall_timeout,
                       upload_bps=self.upload_bps)
             self.jobs[a.model] = job
-            self.epochs[a.model] = -1
-        if a.epoch < self.epochs.get(a.model, -1):
+        if a.epoch < job.epoch:
             return  # an older plan overtaken by a newer one
         if a.ticket:
             job.ticket = bytes(a.ticket)  # re-issued before the old one expires
         if a.session_key and bytes(a.session_key) != job.key:
             job.key = bytes(a.session_key)  # a scheduler that rebuilt the job without this node's key
-        self.epochs[a.model] = a.epoch
         job.epoch = a.epoch
-        job.children = list(a.children)
         parents = [ParentRef() if p.origin else ParentRef(p.node_id, p.data_addr)
                    for p in sorted(a.parents, key=lambda p: p.stripe)]
-        job.apply(parents, children=len(a.children))
+        job.apply(parents, children=list(a.children))
 
     def _resume_msgs(self) -> list:
-        return [_resume_msg(job) for model, job in list(self.jobs.items()) if job.error is None]
+        return [_resume_msg(job) for job in list(self.jobs.values()) if job.error is None]
 
     async def _report(self, stub) -> None:
         async def reports():

@@ -70,8 +70,8 @@ class Job:
         #: the manifest as the scheduler sent it (a restarted scheduler gets it back from us)
         self.manifest_json = manifest_json or manifest.to_json()
         self.model = manifest.digest
-        self.epoch = -1                # of the assignment being executed
-        self.children: list[str] = []
+        self.epoch = -1                # of the assignment being executed (-1: none yet)
+        self.children: list[str] = []  # node ids allowed to fetch from here (their count sets the pacing)
         self.source = source
         self.revision = revision or None
         self.key = key          # checks children's tickets
@@ -81,7 +81,6 @@ class Job:
         self.transport = get_transport(transport, config=config)
         self.stall_timeout = stall_timeout
         self.upload_bps = upload_bps
-        self.n_children = 0
         self.n = len(manifest.pieces)
         self.started = time.monotonic()
         self.finished_at: float | None = None
@@ -179,7 +178,7 @@ class Job:
         """
         if self.upload_bps <= 0:
             return 0.0
-        return PACE_FRACTION * self.upload_bps / max(self.k, self.n_children, 1)
+        return PACE_FRACTION * self.upload_bps / max(self.k, len(self.children), 1)
 
     def regions(self) -> dict:
         """The store mappings pieces are served from (registered by the RDMA transport)."""
@@ -187,10 +186,10 @@ class Job:
 
     # --- plan execution --------------------------------------------------------------------
 
-    def apply(self, parents: list[ParentRef], children: int | None = None) -> None:
+    def apply(self, parents: list[ParentRef], children: list[str] | None = None) -> None:
         """New parents per stripe: restart only the fetchers whose stripes changed."""
         if children is not None:
-            self.n_children = children
+            self.children = list(children)
         if self._closed or self.complete:
             self._parents = parents
             return
@@ -266,8 +265,11 @@ class Job:
                 "by_transport": dict(self.counters.by_transport),
             }
             self._new_have, self._new_digests, self._failures = [], [], []
-            out["digest_blob"] = b"".join(bytes(self.digests[i * DIGEST:(i + 1) * DIGEST]) for i in out["digests"])
+            out["digest_blob"] = self._digest_blob(out["digests"])
         return out
+
+    def _digest_blob(self, indices) -> bytes:
+        return b"".join(bytes(self.digests[i * DIGEST:(i + 1) * DIGEST]) for i in indices)
 
     def resume_state(self) -> dict:
         """Everything a restarted scheduler needs from this job (one consistent snapshot)."""
@@ -277,7 +279,7 @@ class Job:
             return {
                 "have": have, "complete": self.complete, "parents": list(self._parents),
                 "digest_indices": held,
-                "digest_blob": b"".join(bytes(self.digests[i * DIGEST:(i + 1) * DIGEST]) for i in held),
+                "digest_blob": self._digest_blob(held),
                 "origin": self.counters.origin, "peer": self.counters.peer, "sent": self.counters.sent,
                 "by_transport": dict(self.counters.by_transport),
             }

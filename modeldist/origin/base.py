@@ -139,7 +139,7 @@ class Origin(ABC):
         fails here is left out, and the build reads it again (and raises the error in order)."""
         from concurrent.futures import ThreadPoolExecutor
 
-        from ..manifest import MAX_HEADER_BYTES, MAX_INDEX_BYTES, select_files
+        from ..manifest import MAX_INDEX_BYTES, header_length, select_files
 
         files = [f for f in select_files(listing, allow_patterns)
                  if (f.path.endswith(".safetensors") and f.size >= 8)
@@ -152,11 +152,8 @@ class Origin(ABC):
                 if not f.path.endswith(".safetensors"):
                     return [((f.path, 0, f.size), self.read(f.path, 0, f.size))]
                 head = self.read(f.path, 0, 8)
-                n = int.from_bytes(head, "little")
-                out = [((f.path, 0, 8), head)]
-                if 0 < n <= min(MAX_HEADER_BYTES, f.size - 8):
-                    out.append(((f.path, 8, n), self.read(f.path, 8, n)))
-                return out
+                n = header_length(head, f.size, f.path)  # ManifestError: the build says so, in order
+                return [((f.path, 0, 8), head), ((f.path, 8, n), self.read(f.path, 8, n))]
             except (ModelDistError, OSError) as exc:
                 log.debug("%s: header prefetch of %s failed (%s); read again in order", self.source, f.path, exc)
                 return []

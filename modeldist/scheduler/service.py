@@ -176,9 +176,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         for job in self.jobs.values():
             if job.plan is not None and request.node_id in job.plan.nodes:
                 self._send_assignment(job, request.node_id)
-                known = [i for i in range(len(job.known)) if job.known[i]]
-                if known:
-                    q.put_nowait(self._digests_msg(job, known))
+                self._send_known_digests(job, request.node_id)
         try:
             while True:
                 msg = await q.get()
@@ -244,14 +242,11 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         else:
             for n in wanted:
                 if n not in job.plan.nodes and n not in job.excluded:
-                    job.plan = planner.add_node(job.plan, self._info(n))
                     job.progress[n] = NodeProgress()
                     job.replans += 1
                     metrics.REPLANS.labels(reason="join").inc()
-                    self._send_assignment(job, n)
+                    self._add_late(job, n)
                     self._send_known_digests(job, n)
-                    for p in set(p for p in job.plan.parents_of(n) if p):
-                        self._send_assignment(job, p)  # its children list grew
         return pb.StageReply(model=manifest.digest, nodes=len(job.plan.nodes), total_bytes=manifest.total_size)
 
     async def Status(self, request, context):
@@ -333,9 +328,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
             blob = r.digests.digests
             if len(blob) == DIGEST * len(r.digests.indices) and node_id in self._roots(job):
                 for j, i in enumerate(r.digests.indices):
-                    if i < n and not job.known[i]:
-                        job.digests[i * DIGEST:(i + 1) * DIGEST] = blob[j * DIGEST:(j + 1) * DIGEST]
-                        job.known[i] = 1
+                    if _learn_digest(job, i, blob[j * DIGEST:(j + 1) * DIGEST]) is None:
                         job.pending_digests.append(i)
         prog.origin, prog.peer, prog.sent = r.bytes_from_origin, r.bytes_from_peers, r.bytes_sent
         prog.by_transport = dict(r.bytes_by_transport)
@@ -352,11 +345,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
             if job.plan is not None and node_id in job.plan.nodes:
                 # its children must not wait for it (a full store, a broken origin): re-parent them.
                 # Not excluded: staged again (after freeing space), it joins like any node
-                self._remove_from_job(job, node_id, "failed")
-                node = self.nodes.get(node_id)
-                if node is not None and node.queue is not None:
-                    node.queue.put_nowait(pb.PlanUpdate(cancel=pb.Cancel(model=job.manifest.digest,
-                                                                         reason=f"failed here: {r.error[:200]}")))
+                self._drop(job, node_id, f"failed here: {r.error[:200]}", "failed")
         if r.complete and not prog.complete:
             prog.complete = True
             prog.state = "complete"
@@ -419,22 +408,31 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         self._remove_from_job(job, peer, f"demoted: {why}")
         if peer in job.plan.nodes:
             return  # (the repair could not remove it)
-        job.plan = planner.add_node(job.plan, self._info(peer))
-        self._send_assignment(job, peer)
-        for p in set(p for p in job.plan.parents_of(peer) if p):
-            self._send_assignment(job, p)  # its children count (pacing) changed
+        self._add_late(job, peer)
         if peer in job.progress:
             job.progress[peer].state = "fetching" if not job.progress[peer].complete else "complete"
 
-    def _exclude(self, job: ModelJob, peer: str, reason: str, state: str) -> None:
-        """Out of this broadcast for good: children re-parented, its own job here cancelled."""
-        job.excluded.add(peer)
+    def _add_late(self, job: ModelJob, node_id: str) -> None:
+        """``node_id`` joins the running plan as a leaf everywhere (``planner.add_node``); it and its
+        new parents (their children count sets their pacing) get their assignments."""
+        job.plan = planner.add_node(job.plan, self._info(node_id))
+        self._send_assignment(job, node_id)
+        for p in set(p for p in job.plan.parents_of(node_id) if p):
+            self._send_assignment(job, p)
+
+    def _drop(self, job: ModelJob, peer: str, reason: str, state: str) -> None:
+        """Out of this broadcast: children re-parented, its own job here cancelled."""
         self._remove_from_job(job, peer, reason)
         node = self.nodes.get(peer)
         if node is not None and node.queue is not None:
             node.queue.put_nowait(pb.PlanUpdate(cancel=pb.Cancel(model=job.manifest.digest, reason=reason)))
         if peer in job.progress:
             job.progress[peer].state = state
+
+    def _exclude(self, job: ModelJob, peer: str, reason: str, state: str) -> None:
+        """``_drop`` for good: never planned into this broadcast again."""
+        job.excluded.add(peer)
+        self._drop(job, peer, reason, state)
 
     def _declare_dead(self, node_id: str, why: str) -> None:
         node = self.nodes.get(node_id)
@@ -552,13 +550,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
             if len(d.digests) != DIGEST * len(d.indices):
                 continue
             for j, i in enumerate(d.indices):
-                if i >= len(job.known):
-                    continue
-                got = d.digests[j * DIGEST:(j + 1) * DIGEST]
-                if not job.known[i]:
-                    job.digests[i * DIGEST:(i + 1) * DIGEST] = got
-                    job.known[i] = 1
-                elif bytes(job.digests[i * DIGEST:(i + 1) * DIGEST]) != got:
+                if _learn_digest(job, i, d.digests[j * DIGEST:(j + 1) * DIGEST]) is False:
                     conflicts += 1
         if conflicts:
             log.error("model %s: %d piece digests reported differently by resumed nodes", digest[:12], conflicts)
@@ -608,6 +600,18 @@ class SchedulerService(pb_grpc.SchedulerServicer):
             for nid, node in list(self.nodes.items()):
                 if node.alive and now - node.last_seen > self.dead_after:
                     self._declare_dead(nid, f"silent for {now - node.last_seen:.1f}s")
+
+
+def _learn_digest(job: ModelJob, i: int, digest: bytes) -> bool | None:
+    """Record piece ``i``'s digest unless known: None = learnt now; True/False = already known,
+    the same / a different one; an index outside the model counts as already known."""
+    if not 0 <= i < len(job.known):
+        return True
+    if not job.known[i]:
+        job.digests[i * DIGEST:(i + 1) * DIGEST] = digest
+        job.known[i] = 1
+        return None
+    return bytes(job.digests[i * DIGEST:(i + 1) * DIGEST]) == bytes(digest)
 
 
 def _manifest_of(source: str, revision: str | None, allow, cfg: Config) -> Manifest:

@@ -12,12 +12,12 @@ real queue-pair error) still end bit-identical, the broken sessions finishing ov
 from __future__ import annotations
 
 import time
-import urllib.request
 
 import pytest
 
 from modeldist.cluster import get_status, stage_all
 from modeldist.demo import LocalCluster, free_port, verify_store
+from tests.swarm_helpers import scrape
 
 pytestmark = [pytest.mark.rdma, pytest.mark.slow]
 
@@ -26,16 +26,6 @@ pytestmark = [pytest.mark.rdma, pytest.mark.slow]
 START = 240
 BROADCAST = 480
 DEAD_AFTER = 60.0
-
-
-def scrape(port: int) -> dict[str, float]:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    out = {}
-    for line in text.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
 
 
 def rx(m: dict, transport: str) -> float:
