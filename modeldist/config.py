@@ -57,6 +57,10 @@ class Config:
     #: the other in stripe order and its children get a steady stream instead of clumps of
     #: ``concurrency`` pieces that all finish at once (bench/results/broadcast_profile.json).
     seed_concurrency: int = 2
+    #: Cut-through forwarding (TCP data plane): a node forwards a piece's bytes to its children while
+    #: it still receives them, so each hop of a tree adds one 128 KiB slice of delay instead of a
+    #: whole piece; everyone still verifies every piece (transport/base.py). Off: whole pieces only.
+    cut_through: bool = True
     #: Attempts per origin read before giving up with OriginError.
     retries: int = 5
     #: First retry delay in seconds; doubles each attempt (with jitter), capped at 10 s.

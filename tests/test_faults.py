@@ -483,7 +483,7 @@ def stall_mid_piece(peer: RoguePeer) -> list[tuple[str, int, int]]:
     stalls: list[tuple[str, int, int]] = []
     lock = threading.Lock()
 
-    def send_half_then_stall(conn, source, pending, state=None) -> None:
+    def send_half_then_stall(conn, source, pending, state=None, *, stream=False) -> None:
         i = max(pending[:64], key=source.piece_length)  # a big one: cut off well inside it
         view = source.wait_piece(i, 5.0)
         half = len(view) // 2

@@ -109,6 +109,11 @@ class Job:
         # node's children can verify what it serves even when it reads nothing from the origin
         self._new_digests: list[int] = [i for i in range(self.n) if self.have[i] and self.known[i]]
         self._failures: list[tuple[str, int, str, str]] = []
+        # cut-through: pieces being received from a peer, index -> [fill generation, bytes landed
+        # (a prefix)], and how each piece's last fill ended, index -> (generation, verified)
+        self._fills: dict[int, list[int]] = {}
+        self._fill_done: dict[int, tuple[int, bool]] = {}
+        self._fill_gen = 0
         self._fetchers: dict[ParentRef, _Fetcher] = {}
         self._parents: list[ParentRef] = []
         self._closed = False
@@ -163,6 +168,81 @@ class Job:
                     self.cond.wait(left)
         return self.buf.piece_view(index)
 
+    # cut-through (optional PieceSource methods, base.py): a piece's bytes go on to children while
+    # they arrive; children learn at the end whether this node verified them (``fill_verdict``)
+
+    def wait_sendable(self, index: int, timeout: float) -> None:
+        """Wait until ``index`` is held or starts landing (or ``timeout``)."""
+        if self.have[index] or index in self._fills:
+            return
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while not (self.have[index] or index in self._fills or self._closed):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return
+                self.cond.wait(left)
+
+    def fill_state(self, index: int) -> tuple[int, memoryview] | None:
+        """(generation, view) of a piece being received now and not held yet; else None."""
+        with self.cond:
+            f = self._fills.get(index)
+            if f is None or self.have[index] or self._closed:
+                return None
+            return f[0], self.buf.piece_view(index)
+
+    def wait_fill(self, index: int, gen: int, have: int, timeout: float) -> int:
+        """Bytes of fill ``gen`` landed (a prefix), once more than ``have``; the piece's length once
+        verified; -1 if that fill was given up (bad bytes, broken session: the stream must end);
+        ``have`` when nothing new came within ``timeout``."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                f = self._fills.get(index)
+                if f is None or f[0] != gen:
+                    return self.piece_length(index) if self._fill_done.get(index) == (gen, True) else -1
+                if f[1] > have:
+                    return f[1]
+                left = deadline - time.monotonic()
+                if self._closed:
+                    return -1
+                if left <= 0:
+                    return have
+                self.cond.wait(left)
+
+    def fill_verdict(self, index: int, gen: int) -> bool | None:
+        """Whether fill ``gen`` of ``index`` was verified and committed (None: not decided yet)."""
+        with self.cond:
+            f = self._fills.get(index)
+            if f is not None and f[0] == gen and not self._closed:
+                return None
+            return self._fill_done.get(index) == (gen, True)
+
+    def begin_fill(self, index: int) -> int:
+        """A fetcher starts receiving ``index`` into the buffer: a new fill generation."""
+        with self.cond:
+            self._fill_gen += 1
+            gen = self._fill_gen
+            self._fills[index] = [gen, 0]
+            self.cond.notify_all()
+            return gen
+
+    def fill_progress(self, index: int, gen: int, landed: int) -> None:
+        with self.cond:
+            f = self._fills.get(index)
+            if f is not None and f[0] == gen and landed > f[1]:
+                f[1] = landed
+                self.cond.notify_all()
+
+    def end_fill(self, index: int, gen: int) -> None:
+        """Fill ``gen`` ends without a commit (bad bytes, session gone, re-plan): streams of it stop."""
+        with self.cond:
+            f = self._fills.get(index)
+            if f is not None and f[0] == gen:
+                del self._fills[index]
+                self._fill_done[index] = (gen, False)
+                self.cond.notify_all()
+
     def sent(self, nbytes: int, transport: str) -> None:
         with self.cond:
             self.counters.sent += nbytes
@@ -216,6 +296,9 @@ class Job:
         with self.cond:
             first = not self.have[i]
             self.have[i] = 1
+            fill = self._fills.pop(i, None)
+            if fill is not None:
+                self._fill_done[i] = (fill[0], True)
             if first:
                 self._new_have.append(i)
                 if source == "origin":
@@ -445,15 +528,16 @@ class _Fetcher:
         hello = Hello(job.model, job.ticket, job.node_id)
         session = job.transport.connect(self.ref.addr, hello, timeout=job.stall_timeout, regions=job.buf.regions())
         self._session = session
-        checks: "queue.Queue[tuple[int, float, str] | None]" = queue.Queue(maxsize=64)
+        checks: "queue.Queue[tuple[int, float, str, bool] | None]" = queue.Queue(maxsize=64)
         failure: list[BaseException] = []
+        fills: dict[int, int] = {}  # pieces of this session being received here -> fill generation
 
         def verifier() -> None:
             while True:
                 item = checks.get()
                 if item is None:
                     return
-                i, started, carrier = item
+                i, started, carrier, streamed = item
                 try:
                     want = job.wait_digest(i, job.stall_timeout, cancel=self._stop)
                     if want is None and self._stop.is_set():
@@ -463,6 +547,15 @@ class _Fetcher:
                                              f"{job.stall_timeout:.0f}s", peer=self.ref.addr)
                     view = job.buf.piece_view(i)
                     got = blake3.blake3(view).digest()
+                    if got != want and streamed and session.verdict(i, job.stall_timeout) is not True:
+                        # cut through from a parent that had not verified it either, and did not
+                        # (or could not say it did): its upstream's fault, or a broken session.
+                        # Dropped without blame; fetched again in the next session.
+                        job.end_fill(i, fills[i])
+                        metrics.PIECES.labels(result="dropped").inc()
+                        log.info("%s: piece %d from %s dropped: its parent did not verify it either",
+                                 job.model[:12], i, self.ref.node_id)
+                        continue
                     if got != want:
                         metrics.PIECES.labels(result="corrupt").inc()
                         raise IntegrityError(f"piece {i} from {self.ref.node_id} does not match its digest", piece=i)
@@ -490,23 +583,35 @@ class _Fetcher:
                     return memoryview(scratch)[:length]  # already here (or on its way): discard
                 mine.add(index)
                 self._receiving = index
-                return job.buf.writable_piece(index)
+                view = job.buf.writable_piece(index)
+                fills[index] = job.begin_fill(index)  # children may stream it from now on
+                return view
+
+            def progress(index: int, landed: int) -> None:
+                gen = fills.get(index)
+                if gen is not None:
+                    job.fill_progress(index, gen, landed)
 
             while not self._stop.is_set() and not failure:
                 started = time.monotonic()
-                i = session.receive(dest, timeout=job.stall_timeout)
+                # pieces land in slices only where children can take them on at once
+                i = session.receive(dest, timeout=job.stall_timeout, progress=progress if job.children else None)
                 self._receiving = None
                 if i is None:
                     break
                 if i not in mine:
                     continue
+                item = (i, started, session.last_transport or job.transport.name, session.last_streamed)
                 while not failure:
                     try:
-                        checks.put((i, started, session.last_transport or job.transport.name), timeout=0.5)
+                        checks.put(item, timeout=0.5)
                         break
                     except queue.Full:
                         continue
         except TransportError:
+            if session.streaming:
+                # cut off in a piece the parent was still receiving itself: no proof it holds it
+                self._receiving = None
             if not failure:
                 raise
         finally:
@@ -519,5 +624,8 @@ class _Fetcher:
             vt.join(timeout=job.stall_timeout + 5)
             self._session = None
             session.close()
+            for i, gen in fills.items():
+                if not job.have[i]:
+                    job.end_fill(i, gen)  # cut off, dropped or not verified: its streams end too
         if failure:
             raise failure[0]

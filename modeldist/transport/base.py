@@ -15,6 +15,14 @@ Memory: a transport that moves bytes by DMA (RDMA) registers the model's buffers
 piece outside every region still arrives (over TCP on the same session, or through a bounce
 buffer).
 
+Cut-through (TCP; ``Config.cut_through``): a parent need not hold a piece verified to send it. A
+source that is itself receiving the piece (``fill_state``) streams its bytes to the child as they
+land (``wait_fill``), and tells the child afterwards whether it verified them (``fill_verdict``;
+``ChildSession.verdict`` on the child). The child verifies every piece itself either way; the
+verdict only says whom to blame when its check fails: a parent that verified what it sent is
+corrupt, one that did not passed on its upstream's bad bytes and is not. So each hop of a tree adds
+one chunk of delay instead of one whole piece.
+
 Must not: verify digests or decide whom to fetch from (the agent does).
 """
 
@@ -54,6 +62,11 @@ class PieceSource(Protocol):
     # mappings (file path -> mmap or memoryview) that ``wait_piece`` views point into, for
     # transports that register memory (RDMA). Sources without it are served over TCP frames.
     # ``send_rate() -> float``: bytes/s one child session should be paced at (0 = unpaced).
+    # Cut-through (all four or none): ``wait_sendable(index, timeout)`` returns once ``index`` is held
+    # or starts landing; ``fill_state(index) -> (generation, view) | None`` for a piece
+    # being received now and not held yet; ``wait_fill(index, generation, have, timeout) -> int``:
+    # bytes landed once more than ``have`` (the length once verified, -1 if that fill was given up,
+    # ``have`` on timeout); ``fill_verdict(index, generation) -> bool | None`` (None: undecided).
 
 
 #: Parent side: hello -> the source to serve from; raise AuthError / TransportError to refuse.
@@ -66,18 +79,30 @@ class ChildSession(ABC):
     peer: str
     #: the transport that carried the piece the last ``receive()`` returned ("tcp", "rdma")
     last_transport: str = ""
+    #: whether that piece was cut through (the parent had not verified it when it sent it)
+    last_streamed: bool = False
+    #: whether ``receive()`` is in the middle of a cut-through piece now
+    streaming: bool = False
 
     @abstractmethod
     def request(self, indices: Sequence[int]) -> None:
         """Ask for these pieces, in this order of preference (one request per session)."""
 
     @abstractmethod
-    def receive(self, dest: Callable[[int, int], memoryview], timeout: float) -> int | None:
+    def receive(self, dest: Callable[[int, int], memoryview], timeout: float,
+                progress: Callable[[int, int], None] | None = None) -> int | None:
         """Receive the next piece into ``dest(index, length)``; return its index.
 
         Returns None when the parent has sent everything it will send. A piece the parent could
         not get in time raises nothing: it is simply not sent (the child re-requests elsewhere).
+        ``progress(index, landed)``, if given, is told as the piece's bytes land (a prefix of
+        ``landed`` bytes), so this node can forward them on before the piece is whole.
         """
+
+    def verdict(self, index: int, timeout: float) -> bool | None:
+        """For a cut-through piece: whether the parent verified it (waits up to ``timeout`` for
+        the parent to say; None if it did not, or the session ended first)."""
+        return None
 
     @abstractmethod
     def close(self) -> None: ...

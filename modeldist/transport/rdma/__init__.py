@@ -285,9 +285,9 @@ class RdmaListener(TcpListener):
             self._edges.discard(state)
         state.close()
 
-    def _send_pieces(self, conn, source, pending: list[int], state=None) -> None:
+    def _send_pieces(self, conn, source, pending: list[int], state=None, *, stream: bool = False) -> None:
         if state is None:
-            return super()._send_pieces(conn, source, pending)
+            return super()._send_pieces(conn, source, pending, stream=stream)
         edge: _ParentEdge = state
         outstanding: dict[int, int] = {}  # announced over RDMA, not acknowledged yet: index -> length
         rdma = True
@@ -405,7 +405,9 @@ class RdmaChildSession(TcpChildSession):
 
     # --- receive ---
 
-    def receive(self, dest: Callable[[int, int], memoryview], timeout: float) -> int | None:
+    def receive(self, dest: Callable[[int, int], memoryview], timeout: float,
+                progress: Callable[[int, int], None] | None = None) -> int | None:
+        # pieces land whole here (no cut-through over RDMA: a hop costs microseconds): no progress
         last = time.monotonic()
         while True:
             if self._ready:

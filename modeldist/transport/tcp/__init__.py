@@ -5,6 +5,12 @@ request, and sends each requested piece as soon as the job holds it, straight fr
 (``sendmsg`` of header + memoryview: no copy in Python). Child: ``recv_into`` straight into the
 destination view. Large socket buffers; every blocking call has a deadline (socket timeouts).
 
+Cut-through (``config.cut_through``, on by default; base.py): the child asks for it in its hello
+(``HELLO_STREAM``). The parent then also sends, as ``STREAM`` frames, pieces its job is still
+receiving, chunk by chunk as they land, and a ``VERDICT`` for each once its job verified (or gave
+up) the piece; a child forwarding pieces on receives them in ``STREAM_CHUNK`` slices and reports
+each (``progress``).
+
 TLS (``TcpTransport(config)`` with ``config.data_tls``; ``security.data_tls_contexts``): both ends
 wrap the connected socket in TLS 1.3 before the hello (mutual: the parent demands a certificate
 signed by the cluster CA, the child verifies the parent's; no hostname check). An ``SSLSocket``
@@ -47,6 +53,9 @@ MAX_SESSIONS_PER_PEER = 64
 SO_MAX_PACING_RATE = getattr(socket, "SO_MAX_PACING_RATE", 47)
 #: the one answer to an unauthorized hello, whatever the reason
 REFUSED = "session refused"
+#: a piece a child forwards on lands (and is reported) in slices of this size: each hop of a tree
+#: delays the stream by about one slice at the stripe's rate instead of one whole piece
+STREAM_CHUNK = 128 << 10
 
 
 def _deadlines(sock: socket.socket, seconds: float) -> None:
@@ -110,13 +119,19 @@ def _recv_exact_fn(sock: socket.socket, peer: str):
 
 class TcpChildSession(ChildSession):
     last_transport = "tcp"
+    _KINDS = (wire.T_PIECE, wire.T_STREAM, wire.T_VERDICT, wire.T_END)
 
     def __init__(self, sock: socket.socket, peer: str):
         self.sock = sock
         self.peer = peer
         self._closed = False
+        self._ended = False
         self._head = bytearray(wire.FRAME.size)
         self._timeout = -1.0
+        # cut-through pieces received whose verdict has not come yet, and the verdicts that came
+        self._unjudged: set[int] = set()
+        self._verdicts: dict[int, bool] = {}
+        self._vcond = threading.Condition()
 
     def request(self, indices: Sequence[int]) -> None:
         try:
@@ -140,22 +155,61 @@ class TcpChildSession(ChildSession):
                 raise TransportError(f"{self.peer}: connection closed", peer=self.peer)
             got += k
 
-    def receive(self, dest: Callable[[int, int], memoryview], timeout: float) -> int | None:
-        self._recv_into(memoryview(self._head), timeout)
-        head = wire.parse_frame_head(bytes(self._head))
-        if head.kind == wire.T_END:
-            return None
+    def receive(self, dest: Callable[[int, int], memoryview], timeout: float,
+                progress: Callable[[int, int], None] | None = None) -> int | None:
+        while True:
+            self._recv_into(memoryview(self._head), timeout)
+            head = wire.parse_frame_head(bytes(self._head), self._KINDS)
+            if head.kind == wire.T_END:
+                with self._vcond:
+                    self._ended = True
+                    self._vcond.notify_all()
+                return None
+            if head.kind != wire.T_VERDICT:
+                break
+            with self._vcond:
+                if head.index not in self._unjudged:
+                    raise TransportError(f"{self.peer}: verdict on piece {head.index}, which it did not stream",
+                                         peer=self.peer)
+                self._unjudged.discard(head.index)
+                self._verdicts[head.index] = head.length == 1
+                self._vcond.notify_all()
         view = dest(head.index, head.length)
         if len(view) != head.length:
             raise TransportError(f"{self.peer}: piece {head.index} has length {head.length}, expected {len(view)}",
                                  peer=self.peer)
-        self._recv_into(view, timeout)
+        streamed = head.kind == wire.T_STREAM
+        if streamed:
+            with self._vcond:
+                self._unjudged.add(head.index)
+        self.streaming = streamed
+        if progress is None:
+            self._recv_into(view, timeout)
+        else:
+            for start in range(0, head.length, STREAM_CHUNK):
+                end = min(start + STREAM_CHUNK, head.length)
+                self._recv_into(view[start:end], timeout)
+                progress(head.index, end)
+        self.streaming = False
+        self.last_streamed = streamed
         metrics.BYTES_RECEIVED.labels(source="peer", transport="tcp").inc(head.length)
         return head.index
+
+    def verdict(self, index: int, timeout: float) -> bool | None:
+        deadline = time.monotonic() + timeout
+        with self._vcond:
+            while index not in self._verdicts:
+                left = deadline - time.monotonic()
+                if left <= 0 or self._closed or self._ended or index not in self._unjudged:
+                    return None
+                self._vcond.wait(left)
+            return self._verdicts.pop(index)
 
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            with self._vcond:
+                self._vcond.notify_all()
             _shutdown(self.sock)
             self.sock.close()
 
@@ -279,7 +333,8 @@ class TcpListener(Listener):
             pending = wire.read_request(recv_exact, source.piece_count())
             if self._tls is None:
                 _deadlines(conn, self._io_timeout)  # TLS: stays in timeout mode (same deadline)
-            self._send_pieces(conn, source, pending, state)
+            stream = bool(flags & wire.HELLO_STREAM) and callable(getattr(source, "wait_sendable", None))
+            self._send_pieces(conn, source, pending, state, stream=stream)
             conn.sendall(wire.FRAME.pack(wire.T_END, 0, 0))
         except (TransportError, OSError) as exc:
             if isinstance(exc, TlsError):
@@ -353,27 +408,76 @@ class TcpListener(Listener):
     def _session_ended(self, state) -> None:
         """Release what ``_accepted`` set up (called once per session that got that far)."""
 
-    def _send_pieces(self, conn: socket.socket, source, pending: list[int], state=None) -> None:
-        """Send pieces as they become available, earliest-requested first (a small window)."""
+    def _send_pieces(self, conn: socket.socket, source, pending: list[int], state=None, *,
+                     stream: bool = False) -> None:
+        """Send pieces as they become available, earliest-requested first (a small window); with
+        ``stream``, also pieces the source is still receiving (cut-through), then their verdicts."""
         idle_since = time.monotonic()
         window = 64
         send = _sendall2 if self._tls is None else _sendall2_tls
-        while pending and not self._closed.is_set():
+        unjudged: dict[int, int] = {}  # streamed piece -> fill generation; verdict not sent yet
+        while (pending or unjudged) and not self._closed.is_set():
             sent_any = False
+            if unjudged:
+                self._send_verdicts(conn, source, unjudged)
+                if not pending:
+                    if not unjudged:
+                        break
+                    if time.monotonic() - idle_since > self._io_timeout:
+                        raise TransportError(f"{len(unjudged)} streamed pieces not verified here within "
+                                             f"{self._io_timeout:.0f}s")
+                    # the last pieces' checks: woken by the commit (or wait a moment)
+                    source.wait_piece(next(iter(unjudged)), PIECE_WAIT)
+                    continue
             for pos in range(min(window, len(pending))):
                 i = pending[pos]
-                view = source.wait_piece(i, 0 if pos else PIECE_WAIT)
-                if view is None:
+                view = source.wait_piece(i, 0 if (pos or stream) else PIECE_WAIT)
+                if view is not None:
+                    send(conn, wire.FRAME.pack(wire.T_PIECE, i, len(view)), view)
+                    source.sent(len(view), "tcp")
+                elif stream and (fill := source.fill_state(i)) is not None:
+                    unjudged[i] = fill[0]
+                    self._stream_piece(conn, source, i, *fill)
+                else:
                     continue
-                head = wire.FRAME.pack(wire.T_PIECE, i, len(view))
-                send(conn, head, view)
-                source.sent(len(view), "tcp")
                 del pending[pos]
                 sent_any = True
                 idle_since = time.monotonic()
                 break
-            if not sent_any and time.monotonic() - idle_since > IDLE_LIMIT:
-                return
+            if not sent_any:
+                if stream and pending:
+                    # nothing to send: wait for the first piece to land or start landing (other
+                    # pieces of the window are looked at again after PIECE_WAIT)
+                    source.wait_sendable(pending[0], PIECE_WAIT)
+                if time.monotonic() - idle_since > IDLE_LIMIT:
+                    return
+        if unjudged:
+            self._send_verdicts(conn, source, unjudged)
+
+    def _stream_piece(self, conn: socket.socket, source, i: int, gen: int, view: memoryview) -> None:
+        """Send piece ``i`` while the source receives it (fill ``gen``), slice by slice as it lands.
+        If that fill is given up, or stalls for the I/O deadline, the session ends (the child drops
+        the partial piece; a frame cannot be taken back)."""
+        length = len(view)
+        conn.sendall(wire.FRAME.pack(wire.T_STREAM, i, length))
+        sent = 0
+        while sent < length:
+            landed = source.wait_fill(i, gen, sent, self._io_timeout)
+            if landed < 0:
+                raise TransportError(f"piece {i}: its reception here was given up mid-stream")
+            if landed == sent:
+                raise TransportError(f"piece {i}: no bytes from upstream for {self._io_timeout:.0f}s")
+            conn.sendall(view[sent:landed])
+            sent = landed
+        source.sent(length, "tcp")
+
+    @staticmethod
+    def _send_verdicts(conn: socket.socket, source, unjudged: dict[int, int]) -> None:
+        for i, gen in list(unjudged.items()):
+            verdict = source.fill_verdict(i, gen)
+            if verdict is not None:
+                conn.sendall(wire.FRAME.pack(wire.T_VERDICT, i, int(verdict)))
+                del unjudged[i]
 
     def close(self) -> None:
         if self._closed.is_set():
@@ -478,6 +582,7 @@ class TcpTransport(Transport):
 
     def __init__(self, config=None):
         self.tls = None
+        self.flags = wire.HELLO_STREAM if config is None or config.cut_through else 0
         if config is not None and config.data_tls:
             from ...security import data_tls_contexts  # ConfigError now if a file is missing or bad
 
@@ -487,7 +592,7 @@ class TcpTransport(Transport):
         return TcpListener(address, authorize, tls=self.tls)
 
     def connect(self, address: str, hello: Hello, *, timeout: float, regions=None) -> ChildSession:
-        sock, _ = open_session(address, hello, timeout, tls=self.tls)
+        sock, _ = open_session(address, hello, timeout, flags=self.flags, tls=self.tls)
         return (TcpChildSession if self.tls is None else TlsChildSession)(sock, address)
 
 

@@ -12,6 +12,14 @@ Parent -> child::
     PIECE    u8 2 | u32 index | u32 length | payload
     END      u8 4 | u32 0 | u32 0                               (nothing more will come)
 
+Cut-through (the child sets ``HELLO_STREAM``; a parent that ignores flags only ever sends PIECE)::
+
+    STREAM   u8 8 | u32 index | u32 length | payload              (a piece the parent is still
+             receiving itself, not verified yet: its bytes go on as they arrive)
+    VERDICT  u8 9 | u32 index | u32 1 = the parent verified it, 0 = it did not (its upstream sent
+             bad bytes: the child drops the piece without blaming this parent). One per STREAM,
+             after its payload, maybe after other frames; all before END.
+
 RDMA extension (``transport/rdma``; a plain TCP peer never sees any of it). The child sets
 ``HELLO_RDMA`` in the hello's flags; a parent that ignores flags (an older one) answers ``OK`` and
 the session is plain TCP. A parent that can serve over RDMA answers ``OK_RDMA`` and then::
@@ -56,8 +64,9 @@ OK, AUTH, UNKNOWN_MODEL, BUSY, BAD_VERSION, BAD_REQUEST, OK_RDMA, TLS_REQUIRED =
 
 #: hello flags
 HELLO_RDMA = 0x1
+HELLO_STREAM = 0x2  # the child takes STREAM and VERDICT frames (cut-through forwarding)
 
-T_REQUEST, T_PIECE, T_RDMA, T_END, T_ACK, T_FALLBACK, T_QP_INFO = 1, 2, 3, 4, 5, 6, 7
+T_REQUEST, T_PIECE, T_RDMA, T_END, T_ACK, T_FALLBACK, T_QP_INFO, T_STREAM, T_VERDICT = 1, 2, 3, 4, 5, 6, 7, 8, 9
 FRAME = struct.Struct("<BII")  # type, index, length
 RDMA_EXT = struct.Struct("<IQ")  # rkey, remote address (follows an RDMA frame head)
 QP_INFO = struct.Struct("<BII16sHBBBB")  # type, qp_num, psn, gid, lid, mtu, rd_atomic, link layer, 0
