@@ -72,7 +72,7 @@ def test_parent_waiting_on_its_upstream_is_not_demoted(sched, monkeypatch):
     s, job = sched
     child, parent, stripe = edge(job)
     ps = pieces_of(job, stripe)
-    clock = [1000.0]
+    clock = [time.monotonic()]  # after the nodes were last seen (real clock), whatever the uptime
     monkeypatch.setattr(svc.time, "monotonic", lambda: clock[0])
     # each report: the parent holds one piece more, the child got the previous one in between
     for step in range(6):
@@ -89,7 +89,7 @@ def test_parent_that_keeps_owing_a_piece_is_demoted(sched, monkeypatch):
     s, job = sched
     child, parent, stripe = edge(job)
     ps = pieces_of(job, stripe)
-    clock = [1000.0]
+    clock = [time.monotonic()]  # after the nodes were last seen (real clock), whatever the uptime
     monkeypatch.setattr(svc.time, "monotonic", lambda: clock[0])
     job.progress[parent].have.update(ps[:3])
     report(s, job, child, parent, "stalled")
