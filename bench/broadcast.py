@@ -56,7 +56,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.testbed import PYTHON, THIS as TESTBED_PY, Testbed, TestbedError, parse_rate  # noqa: E402
-from modeldist.config import parse_size  # noqa: E402
+from modeldist.config import Config, parse_size  # noqa: E402
 from modeldist.demo import _same  # noqa: E402  (one byte-compare for stores vs origin)
 
 SCHED_PORT = 7070
@@ -584,6 +584,7 @@ def bench_one(n: int, rate_bps: float, origin_dir: Path, args, log=print) -> dic
         "goodput_ideal_s": model_bytes * 8 / goodput if goodput else None,
         "slow_nodes": sorted(overrides), "slow_rate_bps": rate_bps * args.slow_factor if overrides else None,
         "piece_size": piece_size or "auto", "agent_env": agent_env,
+        "cut_through": Config.load(env={**os.environ, **agent_env}).cut_through,
         "agent_patches": {p: Path(p).read_text() for p in args.agent_patch},
         "naive_runs": naive_runs, "modeldist_runs": md_runs, "links": links,
     }

@@ -11,8 +11,11 @@ the headers), the testbed's heterogeneous nodes (``--slow-fraction``) and killed
 (``--kill-at``) where the run had them. Reported per result: measured modeldist and naive times,
 predicted times, and measured / predicted - 1. The goal (issue #4): within 15 % for modeldist.
 
-The simulator has no latency, CPU, pacing or verification, so a measurement should come out at
-or a little above its prediction; what is left over is the cost of the real system.
+The simulator paces children as the agents do and, for runs whose agents forward cut-through
+(``cut_through`` in the JSON, else the commit and ``agent_env`` of the run), moves 128 KiB slices
+(``STREAM_CHUNK``) through the trees instead of whole pieces. It has no latency, CPU or
+verification, so a measurement should come out at or a little above its prediction; what is left
+over is the cost of the real system.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import subprocess
 import sys
 from pathlib import Path
 
@@ -28,6 +32,8 @@ sys.path.insert(0, str(HERE))
 import _common as C  # noqa: E402,F401  (puts the repository root on sys.path)
 
 from sim.run import Scenario, simulate  # noqa: E402
+
+from modeldist.transport.tcp import STREAM_CHUNK  # noqa: E402
 
 GOAL = 0.15
 
@@ -50,13 +56,34 @@ def _tcp_share(r: dict) -> float:
     return min(1.0, g / probed)
 
 
-def predict_row(r: dict, seed: int = 0, kill_at: float | None = None) -> dict:
+#: the first commit whose agents forward cut-through (older testbed runs are store-and-forward)
+CUT_THROUGH_COMMIT = "55e193f"
+
+
+def _cut_through(doc: dict, r: dict) -> bool:
+    """Whether the run's agents forwarded cut-through: recorded in newer JSONs; else from the commit
+    the run was made at and the agents' environment."""
+    if "cut_through" in r:
+        return bool(r["cut_through"])
+    env = r.get("agent_env") or {}
+    if str(env.get("MODELDIST_CUT_THROUGH", "1")).strip().lower() in ("0", "false", "no", "off"):
+        return False
+    commit = (doc.get("machine") or {}).get("git_commit")
+    if not commit:
+        return False
+    probe = subprocess.run(["git", "merge-base", "--is-ancestor", CUT_THROUGH_COMMIT, commit], cwd=HERE,
+                           capture_output=True)
+    return probe.returncode == 0
+
+
+def predict_row(r: dict, seed: int = 0, kill_at: float | None = None, cut_through: bool = False) -> dict:
     n = int(r["nodes"])
     link = float(r["rate_bps"]) * _tcp_share(r)
     pieces = _pieces(r)
     piece = math.ceil(r["model_bytes"] / pieces)
     slow = len(r.get("slow_nodes") or [])
-    base = dict(nodes=n, model_bytes=float(r["model_bytes"]), piece_bytes=float(piece), link_bps=link, seed=seed)
+    base = dict(nodes=n, model_bytes=float(r["model_bytes"]), piece_bytes=float(piece), link_bps=link, seed=seed,
+                forward_bytes=float(STREAM_CHUNK) if cut_through else None)
     if slow:
         base.update(slow_frac=slow / n, slow_factor=float(r["slow_rate_bps"]) / float(r["rate_bps"]))
     if kill_at is not None:
@@ -67,7 +94,7 @@ def predict_row(r: dict, seed: int = 0, kill_at: float | None = None) -> dict:
     md = simulate(sc, "modeldist")
     out = {
         "nodes": n, "rate_bps": r["rate_bps"], "link_bps_used": link, "pieces": pieces,
-        "slow_nodes": slow, "kill_at": kill_at,
+        "slow_nodes": slow, "kill_at": kill_at, "cut_through": cut_through,
         "measured_s": r["modeldist_s"], "predicted_s": md["time_to_all_s"],
         "error": r["modeldist_s"] / md["time_to_all_s"] - 1,
     }
@@ -87,7 +114,7 @@ def main(argv=None) -> int:
     for path in args.results:
         doc = json.loads(Path(path).read_text())
         for r in _results(doc):
-            row = predict_row(r, kill_at=(doc.get("args") or {}).get("kill_at"))
+            row = predict_row(r, kill_at=(doc.get("args") or {}).get("kill_at"), cut_through=_cut_through(doc, r))
             row["file"] = path
             rows.append(row)
     print(f"{'file':<34} {'N':>3} {'case':<10} {'measured':>9} {'predicted':>9} {'error':>7}   "

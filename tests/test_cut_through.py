@@ -136,7 +136,17 @@ def counter(result: str) -> float:
     return metrics.PIECES.labels(result=result)._value.get()
 
 
-def test_relay_streams_a_piece_before_it_holds_it(model, tmp_path):
+@pytest.fixture(params=["tcp", "tcp-tls"])
+def edge(request):
+    """The relay -> child edge's transport (the same object serves and connects)."""
+    if request.param == "tcp":
+        return get_transport("tcp")
+    c = request.getfixturevalue("tls_certs")
+    return get_transport("tcp", config=Config.load(env={}, data_tls=True, tls_cert=c["server.pem"],
+                                                    tls_key=c["server.key"], tls_ca=c["ca.pem"]))
+
+
+def test_relay_streams_a_piece_before_it_holds_it(model, tmp_path, edge):
     m, blobs, _ = model
     half = PIECE // 2
     go = threading.Event()
@@ -153,7 +163,7 @@ def test_relay_streams_a_piece_before_it_holds_it(model, tmp_path):
     relay = make_job(model, tmp_path, "relay")
     seen: list[tuple[int, int, bool]] = []  # (piece, bytes landed at the child, relay held it then)
     try:
-        with serve_job(relay) as listener:
+        with edge.listen("127.0.0.1:0", lambda hello, peer: relay) as listener:
             relay.apply([ParentRef("gp", gp.address)], children=["child"])
             buf = bytearray(sum(len(b) for b in blobs))
             offsets = [sum(len(b) for b in blobs[:i]) for i in range(len(blobs))]
@@ -161,7 +171,7 @@ def test_relay_streams_a_piece_before_it_holds_it(model, tmp_path):
             def dest(i, n):
                 return memoryview(buf)[offsets[i]:offsets[i] + n]
 
-            with get_transport("tcp").connect(listener.address, Hello(m.digest, b"t", "child"), timeout=10) as s:
+            with edge.connect(listener.address, Hello(m.digest, b"t", "child"), timeout=10) as s:
                 s.request(range(len(blobs)))
                 result: dict = {}
 

@@ -38,6 +38,8 @@ class Scenario:
     upload_slots: int = 4             # swarm: concurrent uploads per node (BitTorrent unchoke slots)
     origin_upload_slots: int | None = None  # swarm: the origin's (None: = upload_slots)
     fairness: str = "local"           # engine rate rule: local (fast) or maxmin (exact, slow: checks)
+    forward_bytes: float | None = None  # modeldist cut-through: relays forward in units of this many bytes
+                                        # (the agents' STREAM_CHUNK) instead of whole pieces (None)
     seed: int = 0
     label: str = ""
 
@@ -50,10 +52,13 @@ class Scenario:
         return max(1, math.ceil(self.model_bytes / self.piece_bytes))
 
 
-def _sizes(sc: Scenario) -> list[float]:
-    n = sc.n_pieces
-    last = sc.model_bytes - sc.piece_bytes * (n - 1)
-    return [float(sc.piece_bytes)] * (n - 1) + [float(last)]
+def _sizes(sc: Scenario, unit: float | None = None) -> list[float]:
+    """The units a strategy moves: pieces, or ``unit``-byte slices (cut-through forwarding: a relay
+    sends a piece on slice by slice as it lands, so a slice is what crosses a tree level at a time)."""
+    unit = float(unit or sc.piece_bytes)
+    n = max(1, math.ceil(sc.model_bytes / unit))
+    last = sc.model_bytes - unit * (n - 1)
+    return [unit] * (n - 1) + [float(last)]
 
 
 def simulate(sc: Scenario, strategy: str) -> dict:
@@ -72,7 +77,7 @@ def simulate(sc: Scenario, strategy: str) -> dict:
         drate[slow] *= sc.slow_factor
     up = [float(x) for x in rate] + [Bo]
     down = [float(x) for x in drate] + [Bo]
-    sizes = _sizes(sc)
+    sizes = _sizes(sc, sc.forward_bytes if strategy.startswith("modeldist") else None)
     eng = Engine(up, down, eps=1e-6 * sc.piece_bytes / B, fairness=sc.fairness)
     opts = {"stripes": sc.stripes, "swarm_degree": sc.swarm_degree, "swarm_slots": sc.swarm_slots,
             "origin_degree": sc.origin_degree or sc.swarm_degree, "upload_slots": sc.upload_slots,
@@ -162,13 +167,14 @@ def simulate(sc: Scenario, strategy: str) -> dict:
 
 def ideal_modeldist(sc: Scenario, depth: int, k: int) -> float:
     """Homogeneous striped trees, origin rate >= B: each stripe (S/k) flows at B/k per edge, and each
-    hop below the root adds one piece time at B/k: (largest stripe) / (B/k) + depth * k * piece / B."""
+    hop below the root adds one piece time at B/k (one slice with cut-through):
+    (largest stripe) / (B/k) + depth * k * piece / B."""
     B = sc.link_bps / 8
     Bo = (sc.origin_bps or sc.link_bps) / 8
     per_edge = min(B / k, Bo / k)
-    sizes = _sizes(sc)
+    sizes = _sizes(sc, sc.forward_bytes)
     stripe_bytes = max(sum(sizes[s::k]) for s in range(k))
-    return stripe_bytes / per_edge + depth * sc.piece_bytes / per_edge
+    return stripe_bytes / per_edge + depth * (sc.forward_bytes or sc.piece_bytes) / per_edge
 
 
 def predict(nodes: int, rate_bps: float, model_bytes: float, piece_bytes: float, strategy: str = "modeldist",

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -25,6 +26,7 @@ import grpc
 from ..config import Config
 from ..errors import ManifestError, ModelDistError, TransportError
 from ..manifest import Manifest
+from ..origin import warm_up
 from ..proto import pb, pb_grpc
 from ..scheduler.service import GRPC_OPTIONS
 from ..security import call_metadata, check_ticket, open_channel
@@ -82,6 +84,7 @@ class Agent:
     # --- control plane -------------------------------------------------------------------
 
     async def run(self, ready=None) -> None:
+        threading.Thread(target=warm_up, name="modeldist-warm-up", daemon=True).start()
         transport = get_transport(self.transport_name, config=self.config)
         self.listener = transport.listen(self.listen_addr, self._authorize)
         self.data_addr = self.advertise or self.listener.address
