@@ -15,7 +15,7 @@ holding the model:
   signed whole-object GET per file); time = max over nodes from the common start. Bound: N S / R,
   since the origin's uplink carries N copies;
 - **modeldist**: a fresh scheduler in the origin namespace and one agent per node (``modeldist
-  agent``, fixed data port, store under /dev/shm, ``--upload-bps R/8``), ``start_stage`` +
+  agent``, fixed data port, store under /dev/shm, ``--upload-bps``/``--download-bps`` R/8), ``start_stage`` +
   ``wait_model``; time = max over nodes of the scheduler's per-node seconds (from the job's creation
   in the Stage RPC, after the manifest is built, to the node's store marked complete), and p50;
   every store checked byte for byte against the origin folder (``verify_store``); origin bytes =
@@ -323,7 +323,8 @@ def run_modeldist(tb: Testbed, source_uri: str, origin_dir: Path, *, piece_size:
             a = f"{tb.addr(i)}:{DATA_PORT}"
             agents[nid] = tb.run(i, agent_py + ["agent", "--scheduler", sched_addr, "--listen", a, "--advertise", a,
                                           "--store", str(stores[nid]), "--node-id", nid,
-                                          "--upload-bps", str(tb.rate_of(i) / 8)],
+                                          "--upload-bps", str(tb.rate_of(i) / 8),
+                                          "--download-bps", str(tb.rate_of(i) / 8)],
                                  log=logs / f"agent-{nid}.log", env=agent_env, name=nid)
         with open(logs / "stage-wait.log", "ab") as errlog:
             helper = tb.run("origin", [PYTHON, str(TESTBED_PY), "stage-wait", "--scheduler", sched_addr,

@@ -262,7 +262,10 @@ def test_piece_cut_off_upstream_is_not_the_relays_stall(model, tmp_path):
             failures: list = []
             wait_until(lambda: failures.extend(child.take_report()["failures"]) or failures, what="a child report")
         kinds = {f[2] for f in failures if f[0] == "relay"}
+        # said as "cut off in a piece it was streaming": the scheduler demotes only if the relay
+        # reported holding that piece (tests/test_scheduler_stalls.py)
         assert kinds and "stalled_mid_piece" not in kinds, failures
+        assert ("relay", 0, "stalled_mid_stream") in {f[:3] for f in failures}, failures
     finally:
         child.close()
         relay.close()

@@ -120,3 +120,31 @@ def test_mid_piece_report_about_a_piece_the_parent_does_not_feed_is_ignored(sche
     other = next(t.stripe for t in job.plan.stripes if job.plan.parents_of(child)[t.stripe] != parent)
     report(s, job, child, parent, "stalled_mid_piece", pieces_of(job, other)[0])
     assert forwards(job, parent)
+
+
+def test_stall_inside_a_cut_through_piece_counts_once_the_parent_held_it(sched):
+    """A child cut off inside a piece its parent was streaming (cut-through) proves nothing while the
+    parent has not reported holding that piece (its own upstream may be what stalls); once it has,
+    the stall is the parent's, as for a whole piece."""
+    s, job = sched
+    child, parent, stripe = edge(job)
+    piece = pieces_of(job, stripe)[0]
+    report(s, job, child, parent, "stalled_mid_stream", piece)
+    assert forwards(job, parent), "demoted for a piece it was still receiving itself"
+    job.progress[parent].have.add(piece)
+    report(s, job, child, parent, "stalled_mid_stream", piece)
+    assert not forwards(job, parent)
+    assert parent in job.plan.nodes
+
+
+def test_stall_inside_a_cut_through_piece_of_a_silent_parent_demotes_it(sched, monkeypatch):
+    """Reports and data both stopped (a wedged or stopped process): the parent, not its upstream."""
+    s, job = sched
+    child, parent, stripe = edge(job)
+    piece = pieces_of(job, stripe)[0]
+    clock = [time.monotonic() + svc.SILENT_MIN_HEARTBEATS * s.heartbeat + 1.0]  # < dead_after (60 s)
+    monkeypatch.setattr(svc.time, "monotonic", lambda: clock[0])
+    s.nodes[child].last_seen = clock[0]  # the reporter itself is alive
+    report(s, job, child, parent, "stalled_mid_stream", piece)
+    assert not forwards(job, parent)
+    assert parent in job.plan.nodes, "demoted, not declared dead"

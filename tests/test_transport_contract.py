@@ -425,7 +425,8 @@ class PacedSource(MappedSource):
         super().__init__(data)
         self.rate = rate
 
-    def send_rate(self) -> float:
+    def send_rate(self, child: str | None = None) -> float:
+        self.asked_for = child
         return self.rate
 
 
@@ -446,15 +447,31 @@ def test_tcp_session_is_paced_at_the_sources_send_rate():
     assert sorted(got) == list(range(len(src.pieces)))
     assert bytes(dest.buf) == data
     assert elapsed > 0.7, f"4 MiB paced at 4 MiB/s arrived in {elapsed:.2f}s"
+    assert src.asked_for == "child"  # the rate is the one for the child in the hello
 
 
 def test_job_send_rate_is_a_fair_share_of_upload():
     from modeldist.agent.job import PACE_FRACTION, Job
 
     job = Job.__new__(Job)  # only the rate arithmetic: no store, no threads
-    job.k, job.children, job.upload_bps = 4, [], 0.0
+    job.k, job.children, job.children_bps, job.upload_bps = 4, [], {}, 0.0
     assert job.send_rate() == 0.0                      # unknown upload: unpaced
     job.upload_bps = 100e6
     assert job.send_rate() == pytest.approx(PACE_FRACTION * 25e6)  # fewer children than stripes: 1/k
     job.children = [f"c{i}" for i in range(10)]
-    assert job.send_rate() == pytest.approx(PACE_FRACTION * 10e6)
+    assert job.send_rate("c0") == pytest.approx(PACE_FRACTION * 10e6)
+
+
+def test_job_send_rate_follows_the_childs_download():
+    """min(upload / children, the child's download / k): a slow parent with two fast children gives
+    each half its upload; a fast parent does not push a slow child past its share of its download."""
+    from modeldist.agent.job import PACE_FRACTION, Job
+
+    job = Job.__new__(Job)
+    job.k, job.upload_bps = 4, 50e6                    # a slow node: half of the others' 100e6
+    job.children, job.children_bps = ["a", "b"], {"a": 100e6, "b": 0.0}
+    assert job.send_rate("a") == pytest.approx(PACE_FRACTION * 25e6)     # upload / 2 (was upload / k)
+    assert job.send_rate("b") == pytest.approx(PACE_FRACTION * 12.5e6)   # unknown download: as fast as us
+    job.upload_bps = 100e6
+    job.children, job.children_bps = ["slow"], {"slow": 50e6}
+    assert job.send_rate("slow") == pytest.approx(PACE_FRACTION * 12.5e6)  # its download / k

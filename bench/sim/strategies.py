@@ -99,16 +99,17 @@ class TreeStrategy(Strategy):
         if p < 0 or not self.alive[p] or self.recv[s][p] <= i:
             return
         piece = s + self.k * i
-        self.busy[s][v] = self.eng.start(p, v, piece, self.sizes[piece], s, cap=self.pace_of(p))
+        self.busy[s][v] = self.eng.start(p, v, piece, self.sizes[piece], s, cap=self.pace_of(p, v))
 
-    #: a parent paces each child at this share of its upload / max(k, children) (None: unpaced)
+    #: a parent paces each child at this share of min(its upload / children, the child's download
+    #: / k), as the agents do (``Job.send_rate``) (None: unpaced)
     pace: float | None = None
 
-    def pace_of(self, p: int) -> float:
+    def pace_of(self, p: int, v: int) -> float:
         if self.pace is None or p == self.origin:
             return math.inf
         n = sum(len(ch[p]) for ch in self.children)
-        return self.pace * self.up[p] / max(self.k, n, 1)
+        return self.pace * min(self.up[p] / max(n, 1), self.down[v] / max(self.k, 1))
 
     def begin(self) -> None:
         for v in range(self.n_initial):

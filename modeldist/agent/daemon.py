@@ -195,7 +195,9 @@ class Agent:
         job.epoch = a.epoch
         parents = [ParentRef() if p.origin else ParentRef(p.node_id, p.data_addr)
                    for p in sorted(a.parents, key=lambda p: p.stripe)]
-        job.apply(parents, children=list(a.children))
+        rates = list(a.children_download_bps)
+        job.apply(parents, children=list(a.children),
+                  children_bps=dict(zip(a.children, rates)) if len(rates) == len(a.children) else {})
 
     def _resume_msgs(self) -> list:
         return [_resume_msg(job) for job in list(self.jobs.values()) if job.error is None]

@@ -72,6 +72,7 @@ class Job:
         self.model = manifest.digest
         self.epoch = -1                # of the assignment being executed (-1: none yet)
         self.children: list[str] = []  # node ids allowed to fetch from here (their count sets the pacing)
+        self.children_bps: dict[str, float] = {}  # their downloads, bytes/s, where known (pacing too)
         self.source = source
         self.revision = revision or None
         self.key = key          # checks children's tickets
@@ -248,17 +249,22 @@ class Job:
             self.counters.sent += nbytes
         metrics.BYTES_SENT.labels(transport=transport).inc(nbytes)
 
-    def send_rate(self) -> float:
-        """Pace of one child session, bytes/s (0 = unpaced): a fair share of this node's upload.
+    def send_rate(self, child: str | None = None) -> float:
+        """Pace of one child session, bytes/s (0 = unpaced): a fair share of this node's upload,
+        and no more than the child's fair share of its download.
 
-        Each child gets ``upload / max(k, children)``, a little under, so the k parents feeding a
+        ``min(upload / children, child's download / k)``, a little under: the k parents feeding a
         child together fill its download link without any one stripe running ahead and the others
         starving, and no child edge is starved by its siblings (bench/results/broadcast_profile.json:
-        the tail after the origin's last piece shrinks 3-5x).
+        the tail after the origin's last piece shrinks 3-5x). A child whose download is unknown is
+        taken to be as fast as this node (``upload / max(k, children)``). So a slow parent with few
+        fast children gives each its whole share instead of upload/k: it can catch up with what
+        the parent holds, instead of falling further behind it (broadcast_hetero).
         """
         if self.upload_bps <= 0:
             return 0.0
-        return PACE_FRACTION * self.upload_bps / max(self.k, len(self.children), 1)
+        down = self.children_bps.get(child, 0.0) if child is not None else 0.0
+        return PACE_FRACTION * min(self.upload_bps / max(len(self.children), 1), (down or self.upload_bps) / max(self.k, 1))
 
     def regions(self) -> dict:
         """The store mappings pieces are served from (registered by the RDMA transport)."""
@@ -266,10 +272,12 @@ class Job:
 
     # --- plan execution --------------------------------------------------------------------
 
-    def apply(self, parents: list[ParentRef], children: list[str] | None = None) -> None:
+    def apply(self, parents: list[ParentRef], children: list[str] | None = None,
+              children_bps: dict[str, float] | None = None) -> None:
         """New parents per stripe: restart only the fetchers whose stripes changed."""
         if children is not None:
             self.children = list(children)
+            self.children_bps = dict(children_bps or {})
         if self._closed or self.complete:
             self._parents = parents
             return
@@ -449,6 +457,7 @@ class _Fetcher:
         self._stop = threading.Event()
         self._session = None
         self._receiving: int | None = None  # the piece whose payload is on its way (peer sessions)
+        self._streamed = False              # ... and whether the parent was cutting it through
         self._thread = threading.Thread(target=self._run, daemon=True,
                                         name=f"modeldist-fetch-{ref.node_id or 'origin'}")
 
@@ -498,10 +507,13 @@ class _Fetcher:
                     return
                 kind = "stalled" if "stalled" in str(exc) else "unreachable"
                 if kind == "stalled" and mid is not None:
-                    kind = "stalled_mid_piece"  # the parent started sending it: it holds that piece
+                    # a whole piece: the parent held it when it started sending it. A cut-through
+                    # one proves that only if the parent has reported holding it since (the
+                    # scheduler checks): its own upstream may be what stalls
+                    kind = "stalled_mid_stream" if self._streamed else "stalled_mid_piece"
                 job.report_failure(self.ref.node_id or "origin", mid or 0, kind, str(exc))
                 log.info("%s: %s from %s: %s%s", job.model[:12], kind.split("_")[0], self.ref.node_id or "origin", exc,
-                         f" (in the middle of piece {mid})" if kind == "stalled_mid_piece" else "")
+                         f" (in the middle of piece {mid})" if mid is not None and kind != "unreachable" else "")
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, 2.0)
             except ModelDistError as exc:
@@ -609,9 +621,7 @@ class _Fetcher:
                     except queue.Full:
                         continue
         except TransportError:
-            if session.streaming:
-                # cut off in a piece the parent was still receiving itself: no proof it holds it
-                self._receiving = None
+            self._streamed = session.streaming  # cut off inside a cut-through piece
             if not failure:
                 raise
         finally:

@@ -111,7 +111,7 @@ class Parent(_message.Message):
     def __init__(self, stripe: _Optional[int] = ..., node_id: _Optional[str] = ..., data_addr: _Optional[str] = ..., origin: _Optional[bool] = ...) -> None: ...
 
 class Assignment(_message.Message):
-    __slots__ = ("model", "manifest_json", "source", "revision", "stripes", "parents", "children", "session_key", "epoch", "ticket")
+    __slots__ = ("model", "manifest_json", "source", "revision", "stripes", "parents", "children", "session_key", "epoch", "ticket", "children_download_bps")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_JSON_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
@@ -122,6 +122,7 @@ class Assignment(_message.Message):
     SESSION_KEY_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
     TICKET_FIELD_NUMBER: _ClassVar[int]
+    CHILDREN_DOWNLOAD_BPS_FIELD_NUMBER: _ClassVar[int]
     model: str
     manifest_json: bytes
     source: str
@@ -132,7 +133,8 @@ class Assignment(_message.Message):
     session_key: bytes
     epoch: int
     ticket: bytes
-    def __init__(self, model: _Optional[str] = ..., manifest_json: _Optional[bytes] = ..., source: _Optional[str] = ..., revision: _Optional[str] = ..., stripes: _Optional[int] = ..., parents: _Optional[_Iterable[_Union[Parent, _Mapping]]] = ..., children: _Optional[_Iterable[str]] = ..., session_key: _Optional[bytes] = ..., epoch: _Optional[int] = ..., ticket: _Optional[bytes] = ...) -> None: ...
+    children_download_bps: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, model: _Optional[str] = ..., manifest_json: _Optional[bytes] = ..., source: _Optional[str] = ..., revision: _Optional[str] = ..., stripes: _Optional[int] = ..., parents: _Optional[_Iterable[_Union[Parent, _Mapping]]] = ..., children: _Optional[_Iterable[str]] = ..., session_key: _Optional[bytes] = ..., epoch: _Optional[int] = ..., ticket: _Optional[bytes] = ..., children_download_bps: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class Digests(_message.Message):
     __slots__ = ("model", "indices", "digests")

@@ -43,6 +43,9 @@ log = logging.getLogger(__name__)
 DIGEST = 32
 #: shortest time a parent must owe a child a piece it holds before a report demotes it (s)
 SUSPECT_MIN_S = 1.0
+#: a parent silent for this many heartbeats whose child is cut off inside a piece it was cutting
+#: through is taken as stalled itself (not its upstream)
+SILENT_MIN_HEARTBEATS = 3
 GRPC_OPTIONS = [("grpc.max_send_message_length", 256 << 20), ("grpc.max_receive_message_length", 256 << 20)]
 
 
@@ -294,8 +297,10 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         if node is None or node.queue is None or job.plan is None:
             return
         digest = job.manifest.digest
+        children = sorted(job.plan.children_of(node_id))
         a = pb.Assignment(model=digest, source=job.source, revision=job.revision, stripes=job.plan.k,
-                          children=sorted(job.plan.children_of(node_id)), session_key=job.key,
+                          children=children, session_key=job.key,
+                          children_download_bps=[self._download_of(c) for c in children],
                           ticket=mint_ticket(job.key, node_id, digest, ttl=TICKET_TTL), epoch=job.plan.epoch)
         a.parents.extend(self._parents_pb(job, node_id))
         if digest not in node.sent_manifest:
@@ -305,6 +310,10 @@ class SchedulerService(pb_grpc.SchedulerServicer):
         if prog is not None:
             prog.last_parents = tuple(job.plan.parents_of(node_id))
         node.queue.put_nowait(pb.PlanUpdate(assignment=a))
+
+    def _download_of(self, node_id: str) -> float:
+        node = self.nodes.get(node_id)
+        return float(node.spec.download_bps) if node is not None else 0.0
 
     def _send_known_digests(self, job: ModelJob, node_id: str) -> None:
         """Every digest known so far, to a node that joins a running (or finished) broadcast."""
@@ -363,7 +372,7 @@ class SchedulerService(pb_grpc.SchedulerServicer):
                         reporter, f.piece, peer)
             metrics.PIECES_REPORTED.labels(result="corrupt").inc()
             self._exclude(job, peer, "served corrupt data", "excluded")
-        elif f.kind in ("unreachable", "stalled", "stalled_mid_piece") and peer in self.nodes:
+        elif f.kind in ("unreachable", "stalled", "stalled_mid_piece", "stalled_mid_stream") and peer in self.nodes:
             node = self.nodes[peer]
             if time.monotonic() - node.last_seen > self.dead_after:
                 self._declare_dead(peer, f"{f.kind} per {reporter}")
@@ -376,9 +385,16 @@ class SchedulerService(pb_grpc.SchedulerServicer):
             # sending it), or pieces it owed at an earlier report still owed at this one.
             if peer not in job.plan.nodes or reporter not in job.plan.nodes or job.plan.home.get(peer) is None:
                 return  # not a forwarder (any more): nothing to take away from it
-            now = time.monotonic()
             owed = self._owed(job, peer, reporter)
-            mid = (f.kind == "stalled_mid_piece" and f.piece < len(job.manifest.pieces)
+            now = time.monotonic()
+            # cut off in the middle of a piece the parent held: a whole one (it held it when it
+            # started); a cut-through one if it has reported holding it since, or if it has not
+            # reported at all for a few heartbeats (a node whose reports and data both stopped is
+            # wedged, not waiting on its upstream; dead_after would take it out later)
+            pp = job.progress.get(peer)
+            held = f.kind == "stalled_mid_piece" or (f.kind == "stalled_mid_stream" and (
+                (pp is not None and f.piece in pp.have) or now - node.last_seen > SILENT_MIN_HEARTBEATS * self.heartbeat))
+            mid = (held and f.piece < len(job.manifest.pieces)
                    and job.plan.parents_of(reporter)[job.plan.stripe_of(f.piece)] == peer)
             since, before = job.suspect.get((reporter, peer), (now, set()))
             if mid or (before & owed and now - since >= SUSPECT_MIN_S):

@@ -61,7 +61,7 @@ class PieceSource(Protocol):
     # Optional (looked up with getattr): ``regions() -> Mapping[str, buffer]``, the model's
     # mappings (file path -> mmap or memoryview) that ``wait_piece`` views point into, for
     # transports that register memory (RDMA). Sources without it are served over TCP frames.
-    # ``send_rate() -> float``: bytes/s one child session should be paced at (0 = unpaced).
+    # ``send_rate(child_node_id) -> float``: bytes/s that child's session is paced at (0 = unpaced).
     # Cut-through (all four or none): ``wait_sendable(index, timeout)`` returns once ``index`` is held
     # or starts landing; ``fill_state(index) -> (generation, view) | None`` for a piece
     # being received now and not held yet; ``wait_fill(index, generation, have, timeout) -> int``:

@@ -329,7 +329,7 @@ class TcpListener(Listener):
                 log.warning("refused data session from %s (%s): %s", peer, hello.node_id, exc)
                 return
             state = self._accepted(conn, recv_exact, hello, flags, source, peer)
-            _pace(conn, source)
+            _pace(conn, source, hello.node_id)
             pending = wire.read_request(recv_exact, source.piece_count())
             if self._tls is None:
                 _deadlines(conn, self._io_timeout)  # TLS: stays in timeout mode (same deadline)
@@ -496,10 +496,10 @@ class TcpListener(Listener):
             t.join(timeout=5)
 
 
-def _pace(conn: socket.socket, source) -> None:
-    """Cap this session's send rate at the source's ``send_rate()`` (bytes/s; 0 or absent = none)."""
+def _pace(conn: socket.socket, source, child: str) -> None:
+    """Cap this session's send rate at the source's ``send_rate(child)`` (bytes/s; 0 or absent = none)."""
     rate = getattr(source, "send_rate", None)
-    rate = rate() if callable(rate) else 0
+    rate = rate(child) if callable(rate) else 0
     if rate and rate > 0:
         try:
             conn.setsockopt(socket.SOL_SOCKET, SO_MAX_PACING_RATE, min(int(rate), 0xFFFFFFFF))
