@@ -148,3 +148,29 @@ def test_stall_inside_a_cut_through_piece_of_a_silent_parent_demotes_it(sched, m
     report(s, job, child, parent, "stalled_mid_stream", piece)
     assert not forwards(job, parent)
     assert parent in job.plan.nodes, "demoted, not declared dead"
+
+
+def test_returning_node_new_parents_get_their_assignments(sched):
+    """A node that re-registers (agent restarted on its store) rejoins as a late joiner; the parents
+    it gets are told at once (children and their downloads set their pacing), not at their next
+    ticket refresh."""
+    import asyncio
+
+    s, job = sched
+    node = NODES[-1]
+    job.plan = planner.remove_node(job.plan, node)
+    for n in NODES:
+        s.nodes[n].queue = asyncio.Queue()
+    spec = pb.NodeSpec(node_id=node, data_addr="127.0.0.1:7999", download_bps=42e6)
+    asyncio.run(s.Register(pb.RegisterRequest(node=spec), None))
+    assert node in job.plan.nodes
+    parents = {p for p in job.plan.parents_of(node) if p}
+    assert parents
+    for p in parents:
+        sent = []
+        while not s.nodes[p].queue.empty():
+            sent.append(s.nodes[p].queue.get_nowait())
+        a = [m.assignment for m in sent if m.WhichOneof("kind") == "assignment"]
+        assert a and node in a[-1].children, (p, sent)
+        rates = dict(zip(a[-1].children, a[-1].children_download_bps))
+        assert rates[node] == 42e6

@@ -157,7 +157,9 @@ class SchedulerService(pb_grpc.SchedulerServicer):
                 continue  # being rebuilt: the node is part of it
             prog = job.progress.get(spec.node_id)
             if prog is not None and spec.node_id not in job.plan.nodes and spec.node_id not in job.excluded:
-                job.plan = planner.add_node(job.plan, self._info(spec.node_id))
+                # its new parents learn of it now (their pacing counts their children); its own
+                # assignment follows at Join
+                self._add_late(job, spec.node_id)
                 job.replans += 1
                 prog.state = "fetching" if not prog.complete else "complete"
                 if not prog.complete:
