@@ -18,6 +18,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import blake3
@@ -96,6 +97,12 @@ class ScriptedParent:
         except OSError:
             pass
 
+    def __enter__(self) -> "ScriptedParent":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def close(self) -> None:
         self._stop.set()
         self.sock.close()
@@ -121,8 +128,15 @@ def make_job(model, tmp_path: Path, name: str, *, stall: float = 10.0, cut_throu
     return job
 
 
-def serve_job(job: Job):
-    return get_transport("tcp").listen("127.0.0.1:0", lambda hello, peer: job)
+@contextmanager
+def relay_chain(model, tmp_path: Path, script, *, edge=None, stall: float = 10.0):
+    """A grandparent running ``script`` -> a relay ``Job`` fetching from it and serving over
+    ``edge`` (plain TCP by default) for a child "child": yields (relay, its listener); all closed
+    after."""
+    with ScriptedParent(script) as gp, closing(make_job(model, tmp_path, "relay", stall=stall)) as relay, \
+            (edge or get_transport("tcp")).listen("127.0.0.1:0", lambda hello, peer: relay) as listener:
+        relay.apply([ParentRef("gp", gp.address)], children=["child"])
+        yield relay, listener
 
 
 def wait_until(pred, timeout: float = 15.0, what: str = "") -> None:
@@ -159,57 +173,51 @@ def test_relay_streams_a_piece_before_it_holds_it(model, tmp_path, edge):
             send_piece(conn, i, blobs[i])
         conn.sendall(wire.FRAME.pack(wire.T_END, 0, 0))
 
-    gp = ScriptedParent(script)
-    relay = make_job(model, tmp_path, "relay")
     seen: list[tuple[int, int, bool]] = []  # (piece, bytes landed at the child, relay held it then)
-    try:
-        with edge.listen("127.0.0.1:0", lambda hello, peer: relay) as listener:
-            relay.apply([ParentRef("gp", gp.address)], children=["child"])
-            buf = bytearray(sum(len(b) for b in blobs))
-            offsets = [sum(len(b) for b in blobs[:i]) for i in range(len(blobs))]
+    buf = bytearray(sum(len(b) for b in blobs))
+    offsets = [sum(len(b) for b in blobs[:i]) for i in range(len(blobs))]
 
-            def dest(i, n):
-                return memoryview(buf)[offsets[i]:offsets[i] + n]
+    def dest(i, n):
+        return memoryview(buf)[offsets[i]:offsets[i] + n]
 
-            with edge.connect(listener.address, Hello(m.digest, b"t", "child"), timeout=10) as s:
-                s.request(range(len(blobs)))
-                result: dict = {}
+    result: dict = {}
+    with relay_chain(model, tmp_path, script, edge=edge) as (relay, listener), \
+            edge.connect(listener.address, Hello(m.digest, b"t", "child"), timeout=10) as s:
+        s.request(range(len(blobs)))
 
-                def child():
-                    result["first"] = s.receive(dest, 20, progress=lambda i, n: seen.append((i, n, bool(relay.have[i]))))
-                    result["streamed"] = s.last_streamed
-                    rest = []
-                    while (i := s.receive(dest, 20)) is not None:  # the verdict comes among these
-                        rest.append(i)
-                    result["rest"] = rest
-                    result["verdict"] = s.verdict(0, 0)
+        def child():
+            result["first"] = s.receive(dest, 20, progress=lambda i, n: seen.append((i, n, bool(relay.have[i]))))
+            result["streamed"] = s.last_streamed
+            rest = []
+            while (i := s.receive(dest, 20)) is not None:  # the verdict comes among these
+                rest.append(i)
+            result["rest"] = rest
+            result["verdict"] = s.verdict(0, 0)
 
-                t = threading.Thread(target=child, daemon=True)
-                t.start()
-                # the first half crossed the relay while the relay has not got the piece whole
-                wait_until(lambda: any(n >= half for _, n, _ in seen), what="half a piece at the child")
-                assert not relay.have[0]
-                assert all(not held for _, n, held in seen if n <= half), seen
-                go.set()
-                t.join(30)
+        t = threading.Thread(target=child, daemon=True)
+        t.start()
+        # the first half crossed the relay while the relay has not got the piece whole
+        wait_until(lambda: any(n >= half for _, n, _ in seen), what="half a piece at the child")
+        assert not relay.have[0]
+        assert all(not held for _, n, held in seen if n <= half), seen
+        go.set()
+        t.join(30)
         assert result["first"] == 0 and result["streamed"] is True and result["verdict"] is True
         assert sorted(result["rest"]) == list(range(1, len(blobs)))
         assert bytes(buf) == b"".join(blobs)
         assert relay.wait_complete(10)
-    finally:
-        relay.close()
-        gp.close()
 
 
 def test_bad_bytes_upstream_are_dropped_without_blaming_the_relay(model, tmp_path):
     m, blobs, _ = model
     bad = bytearray(blobs[0])
     bad[PIECE - 7] ^= 0xFF  # wrong near the end: the child has most of it before anyone can tell
+    child = make_job(model, tmp_path, "child")
 
     def corrupt(conn, requested):
         if 0 in requested:
             conn.sendall(wire.FRAME.pack(wire.T_PIECE, 0, PIECE) + bad[:PIECE // 2])
-            wait_until(lambda: 0 in child._fills, what="the child streaming the piece from the relay")
+            wait_until(lambda: child._landing(0) is not None, what="the child streaming the piece from the relay")
             conn.sendall(bad[PIECE // 2:])
         time.sleep(30)  # the relay hangs up on it
 
@@ -218,28 +226,19 @@ def test_bad_bytes_upstream_are_dropped_without_blaming_the_relay(model, tmp_pat
             send_piece(conn, i, blobs[i])
         conn.sendall(wire.FRAME.pack(wire.T_END, 0, 0))
 
-    rogue, good = ScriptedParent(corrupt), ScriptedParent(honest)
-    relay = make_job(model, tmp_path, "relay")
-    child = make_job(model, tmp_path, "child")
     dropped = counter("dropped")
-    try:
-        with serve_job(relay) as listener:
-            relay.apply([ParentRef("gp", rogue.address)], children=["child"])
-            child.apply([ParentRef("relay", listener.address)])
-            wait_until(lambda: counter("dropped") > dropped, what="the child dropping the bad piece")
-            relay_failures = relay.take_report()["failures"]
-            assert [(f[0], f[2]) for f in relay_failures] == [("gp", "corrupt")], relay_failures
-            relay.apply([ParentRef("gp2", good.address)], children=["child"])  # the scheduler's re-plan
-            assert child.wait_complete(30), child.take_report()
+    with closing(child), ScriptedParent(honest) as good, \
+            relay_chain(model, tmp_path, corrupt) as (relay, listener):
+        child.apply([ParentRef("relay", listener.address)])
+        wait_until(lambda: counter("dropped") > dropped, what="the child dropping the bad piece")
+        relay_failures = relay.take_report()["failures"]
+        assert [(f[0], f[2]) for f in relay_failures] == [("gp", "corrupt")], relay_failures
+        relay.apply([ParentRef("gp2", good.address)], children=["child"])  # the scheduler's re-plan
+        assert child.wait_complete(30), child.take_report()
         failures = child.take_report()["failures"]
         assert not [f for f in failures if f[2] == "corrupt"], failures
         data = b"".join(bytes(child.buf.piece_view(i)) for i in range(len(blobs)))
         assert data == b"".join(blobs)
-    finally:
-        child.close()
-        relay.close()
-        rogue.close()
-        good.close()
 
 
 def test_piece_cut_off_upstream_is_not_the_relays_stall(model, tmp_path):
@@ -252,24 +251,16 @@ def test_piece_cut_off_upstream_is_not_the_relays_stall(model, tmp_path):
         conn.sendall(wire.FRAME.pack(wire.T_PIECE, 0, PIECE) + blobs[0][:PIECE // 2])
         time.sleep(30)
 
-    gp = ScriptedParent(stall)
-    relay = make_job(model, tmp_path, "relay", stall=30)
-    child = make_job(model, tmp_path, "child", stall=1.0)
-    try:
-        with serve_job(relay) as listener:
-            relay.apply([ParentRef("gp", gp.address)], children=["child"])
-            child.apply([ParentRef("relay", listener.address)])
-            failures: list = []
-            wait_until(lambda: failures.extend(child.take_report()["failures"]) or failures, what="a child report")
-        kinds = {f[2] for f in failures if f[0] == "relay"}
-        # said as "cut off in a piece it was streaming": the scheduler demotes only if the relay
-        # reported holding that piece (tests/test_scheduler_stalls.py)
-        assert kinds and "stalled_mid_piece" not in kinds, failures
-        assert ("relay", 0, "stalled_mid_stream") in {f[:3] for f in failures}, failures
-    finally:
-        child.close()
-        relay.close()
-        gp.close()
+    failures: list = []
+    with closing(make_job(model, tmp_path, "child", stall=1.0)) as child, \
+            relay_chain(model, tmp_path, stall, stall=30) as (relay, listener):
+        child.apply([ParentRef("relay", listener.address)])
+        wait_until(lambda: failures.extend(child.take_report()["failures"]) or failures, what="a child report")
+    kinds = {f[2] for f in failures if f[0] == "relay"}
+    # said as "cut off in a piece it was streaming": the scheduler demotes only if the relay
+    # reported holding that piece (tests/test_scheduler_stalls.py)
+    assert kinds and "stalled_mid_piece" not in kinds, failures
+    assert ("relay", 0, "stalled_mid_stream") in {f[:3] for f in failures}, failures
 
 
 def test_relay_giving_up_a_piece_ends_the_stream(model, tmp_path):
@@ -283,23 +274,16 @@ def test_relay_giving_up_a_piece_ends_the_stream(model, tmp_path):
         time.sleep(0.3)  # the relay streams the first half to the child meanwhile
         conn.close()  # mid-piece: the relay gives up this fill
 
-    gp = ScriptedParent(cut)
-    relay = make_job(model, tmp_path, "relay")
-    try:
-        with serve_job(relay) as listener:
-            relay.apply([ParentRef("gp", gp.address)], children=["child"])
-            buf = bytearray(PIECE)
-            with get_transport("tcp").connect(listener.address, Hello(m.digest, b"t", "child"), timeout=10) as s:
-                s.request([0])
-                asked.set()
-                t0 = time.monotonic()
-                with pytest.raises(TransportError):
-                    s.receive(lambda i, n: memoryview(buf)[:n], 20)
-                assert s.streaming, "the session ended inside a cut-through piece"
-                assert time.monotonic() - t0 < 10
-    finally:
-        relay.close()
-        gp.close()
+    buf = bytearray(PIECE)
+    with relay_chain(model, tmp_path, cut) as (relay, listener), \
+            get_transport("tcp").connect(listener.address, Hello(m.digest, b"t", "child"), timeout=10) as s:
+        s.request([0])
+        asked.set()
+        t0 = time.monotonic()
+        with pytest.raises(TransportError):
+            s.receive(lambda i, n: memoryview(buf)[:n], 20)
+        assert s.streaming, "the session ended inside a cut-through piece"
+        assert time.monotonic() - t0 < 10
 
 
 def test_child_without_cut_through_gets_whole_verified_pieces(model, tmp_path):
@@ -312,29 +296,22 @@ def test_child_without_cut_through_gets_whole_verified_pieces(model, tmp_path):
         conn.sendall(blobs[0][PIECE // 2:])
         conn.sendall(wire.FRAME.pack(wire.T_END, 0, 0))
 
-    gp = ScriptedParent(script)
-    relay = make_job(model, tmp_path, "relay")
     plain = get_transport("tcp", config=Config.load(env={}, cut_through=False))
-    try:
-        with serve_job(relay) as listener:
-            relay.apply([ParentRef("gp", gp.address)], children=["child"])
-            buf = bytearray(PIECE)
-            landed: list[int] = []
-            with plain.connect(listener.address, Hello(m.digest, b"t", "child"), timeout=10) as s:
-                s.request([0])
-                got: dict = {}
-                t = threading.Thread(target=lambda: got.setdefault(
-                    "i", s.receive(lambda i, n: memoryview(buf)[:n], 20, progress=lambda i, n: landed.append(n))))
-                t.start()
-                wait_until(lambda: relay._fills.get(0, [0, 0])[1] >= PIECE // 2, what="half a piece at the relay")
-                time.sleep(0.3)
-                assert landed == [], "a child without cut-through got bytes of an unverified piece"
-                go.set()
-                t.join(20)
-            assert got["i"] == 0 and not s.last_streamed and bytes(buf) == blobs[0]
-    finally:
-        relay.close()
-        gp.close()
+    buf = bytearray(PIECE)
+    landed: list[int] = []
+    got: dict = {}
+    with relay_chain(model, tmp_path, script) as (relay, listener), \
+            plain.connect(listener.address, Hello(m.digest, b"t", "child"), timeout=10) as s:
+        s.request([0])
+        t = threading.Thread(target=lambda: got.setdefault(
+            "i", s.receive(lambda i, n: memoryview(buf)[:n], 20, progress=lambda i, n: landed.append(n))))
+        t.start()
+        wait_until(lambda: getattr(relay._landing(0), "landed", 0) >= PIECE // 2, what="half a piece at the relay")
+        time.sleep(0.3)
+        assert landed == [], "a child without cut-through got bytes of an unverified piece"
+        go.set()
+        t.join(20)
+    assert got["i"] == 0 and not s.last_streamed and bytes(buf) == blobs[0]
 
 
 def test_verdict_on_a_piece_never_streamed_is_refused(model):
@@ -344,11 +321,8 @@ def test_verdict_on_a_piece_never_streamed_is_refused(model):
         conn.sendall(wire.FRAME.pack(wire.T_VERDICT, 3, 1))
         time.sleep(5)
 
-    gp = ScriptedParent(script)
-    try:
-        with get_transport("tcp").connect(gp.address, Hello(m.digest, b"t", "c"), timeout=10) as s:
-            s.request([0])
-            with pytest.raises(TransportError, match="did not stream"):
-                s.receive(lambda i, n: memoryview(bytearray(n)), 10)
-    finally:
-        gp.close()
+    with ScriptedParent(script) as gp, \
+            get_transport("tcp").connect(gp.address, Hello(m.digest, b"t", "c"), timeout=10) as s:
+        s.request([0])
+        with pytest.raises(TransportError, match="did not stream"):
+            s.receive(lambda i, n: memoryview(bytearray(n)), 10)

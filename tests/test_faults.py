@@ -297,11 +297,8 @@ def seed_kill(s3: S3, clusters: Clusters, *, peers: int = 4, rate: float = SLOW_
 @pytest.fixture(scope="module")
 def seed_killed(s3, tmp_path_factory):
     """One run of the seed-kill scenario, shared by the tests that check what it left behind."""
-    cl = Clusters(tmp_path_factory.mktemp("seed-kill"))
-    try:
+    with Clusters(tmp_path_factory.mktemp("seed-kill")) as cl:
         yield seed_kill(s3, cl)
-    finally:
-        cl.close()
 
 
 @pytest.mark.timeout(120)
@@ -438,11 +435,9 @@ def big_model(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def relay_stalled(big_model, tmp_path_factory):
-    cl = Clusters(tmp_path_factory.mktemp("stalled-relay"))
-    try:
+    # closing SIGCONTs the stopped relay, then terminates everything
+    with Clusters(tmp_path_factory.mktemp("stalled-relay")) as cl:
         yield stalled_relay(cl, big_model)
-    finally:
-        cl.close()  # SIGCONTs the stopped relay, then terminates everything
 
 
 @pytest.mark.timeout(120)
@@ -558,11 +553,8 @@ def stalled_live_peer(clusters: Clusters, origin_dir: Path, *, stall_timeout: fl
 
 @pytest.fixture(scope="module")
 def peer_stalled(minilm_dir, tmp_path_factory):
-    cl = Clusters(tmp_path_factory.mktemp("stalled-peer"))
-    try:
+    with Clusters(tmp_path_factory.mktemp("stalled-peer")) as cl:
         yield stalled_live_peer(cl, minilm_dir)
-    finally:
-        cl.close()
 
 
 @pytest.mark.timeout(120)

@@ -47,6 +47,15 @@ def sched(manifest):
     return s, job
 
 
+@pytest.fixture
+def clock(monkeypatch) -> list[float]:
+    """The scheduler's clock, set by hand: ``clock[0]``; starts at the real one, so after the nodes
+    were last seen (whatever the machine's uptime)."""
+    now = [time.monotonic()]
+    monkeypatch.setattr(svc.time, "monotonic", lambda: now[0])
+    return now
+
+
 def edge(job: ModelJob) -> tuple[str, str, int]:
     """A (child, forwarding parent, stripe) edge of the plan (the parent is not a root)."""
     for t in job.plan.stripes:
@@ -68,12 +77,10 @@ def forwards(job: ModelJob, node: str) -> bool:
     return bool(job.plan.children_of(node))
 
 
-def test_parent_waiting_on_its_upstream_is_not_demoted(sched, monkeypatch):
+def test_parent_waiting_on_its_upstream_is_not_demoted(sched, clock):
     s, job = sched
     child, parent, stripe = edge(job)
     ps = pieces_of(job, stripe)
-    clock = [time.monotonic()]  # after the nodes were last seen (real clock), whatever the uptime
-    monkeypatch.setattr(svc.time, "monotonic", lambda: clock[0])
     # each report: the parent holds one piece more, the child got the previous one in between
     for step in range(6):
         job.progress[parent].have.add(ps[step])
@@ -85,12 +92,10 @@ def test_parent_waiting_on_its_upstream_is_not_demoted(sched, monkeypatch):
     assert child in job.plan.children_of(parent)
 
 
-def test_parent_that_keeps_owing_a_piece_is_demoted(sched, monkeypatch):
+def test_parent_that_keeps_owing_a_piece_is_demoted(sched, clock):
     s, job = sched
     child, parent, stripe = edge(job)
     ps = pieces_of(job, stripe)
-    clock = [time.monotonic()]  # after the nodes were last seen (real clock), whatever the uptime
-    monkeypatch.setattr(svc.time, "monotonic", lambda: clock[0])
     job.progress[parent].have.update(ps[:3])
     report(s, job, child, parent, "stalled")
     assert forwards(job, parent), "one report is not evidence enough"
@@ -137,13 +142,12 @@ def test_stall_inside_a_cut_through_piece_counts_once_the_parent_held_it(sched):
     assert parent in job.plan.nodes
 
 
-def test_stall_inside_a_cut_through_piece_of_a_silent_parent_demotes_it(sched, monkeypatch):
+def test_stall_inside_a_cut_through_piece_of_a_silent_parent_demotes_it(sched, clock):
     """Reports and data both stopped (a wedged or stopped process): the parent, not its upstream."""
     s, job = sched
     child, parent, stripe = edge(job)
     piece = pieces_of(job, stripe)[0]
-    clock = [time.monotonic() + svc.SILENT_MIN_HEARTBEATS * s.heartbeat + 1.0]  # < dead_after (60 s)
-    monkeypatch.setattr(svc.time, "monotonic", lambda: clock[0])
+    clock[0] += svc.SILENT_MIN_HEARTBEATS * s.heartbeat + 1.0  # < dead_after (60 s)
     s.nodes[child].last_seen = clock[0]  # the reporter itself is alive
     report(s, job, child, parent, "stalled_mid_stream", piece)
     assert not forwards(job, parent)

@@ -104,6 +104,12 @@ class Clusters:
         c.__enter__()
         return c
 
+    def __enter__(self) -> "Clusters":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def close(self) -> None:
         for c in self.all:
             for p in c.agents.values():
@@ -118,11 +124,8 @@ class Clusters:
 
 @pytest.fixture
 def clusters(tmp_path):
-    cl = Clusters(tmp_path)
-    try:
+    with Clusters(tmp_path) as cl:
         yield cl
-    finally:
-        cl.close()
 
 
 # ------------------------------------------------------------------------------------------------

@@ -53,6 +53,15 @@ class ParentRef:
 
 
 @dataclass
+class _Fill:
+    """One reception of a piece from a peer, as children streaming it see it."""
+
+    gen: int                      # which reception (a piece may be received again after a failure)
+    landed: int = 0               # bytes landed so far, a prefix of the piece
+    verified: bool | None = None  # None: still landing; True: verified and committed; False: given up
+
+
+@dataclass
 class Counters:
     origin: int = 0
     peer: int = 0
@@ -110,10 +119,8 @@ class Job:
         # node's children can verify what it serves even when it reads nothing from the origin
         self._new_digests: list[int] = [i for i in range(self.n) if self.have[i] and self.known[i]]
         self._failures: list[tuple[str, int, str, str]] = []
-        # cut-through: pieces being received from a peer, index -> [fill generation, bytes landed
-        # (a prefix)], and how each piece's last fill ended, index -> (generation, verified)
-        self._fills: dict[int, list[int]] = {}
-        self._fill_done: dict[int, tuple[int, bool]] = {}
+        # cut-through: the latest reception of each piece from a peer (children stream it from here)
+        self._fills: dict[int, _Fill] = {}
         self._fill_gen = 0
         self._fetchers: dict[ParentRef, _Fetcher] = {}
         self._parents: list[ParentRef] = []
@@ -172,13 +179,26 @@ class Job:
     # cut-through (optional PieceSource methods, base.py): a piece's bytes go on to children while
     # they arrive; children learn at the end whether this node verified them (``fill_verdict``)
 
+    def _landing(self, index: int) -> _Fill | None:
+        """The reception of ``index`` now under way (not verified or given up yet), if any."""
+        f = self._fills.get(index)
+        return f if f is not None and f.verified is None and not self._closed else None
+
+    def _outcome(self, index: int, gen: int) -> bool | None:
+        """How fill ``gen`` of ``index`` ended: True verified, False given up (or replaced by a later
+        one), None still landing."""
+        f = self._fills.get(index)
+        if f is None or f.gen != gen:
+            return False
+        if f.verified is None and self._closed:
+            return False
+        return f.verified
+
     def wait_sendable(self, index: int, timeout: float) -> None:
         """Wait until ``index`` is held or starts landing (or ``timeout``)."""
-        if self.have[index] or index in self._fills:
-            return
         deadline = time.monotonic() + timeout
         with self.cond:
-            while not (self.have[index] or index in self._fills or self._closed):
+            while not (self.have[index] or self._landing(index) or self._closed):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return
@@ -187,10 +207,10 @@ class Job:
     def fill_state(self, index: int) -> tuple[int, memoryview] | None:
         """(generation, view) of a piece being received now and not held yet; else None."""
         with self.cond:
-            f = self._fills.get(index)
-            if f is None or self.have[index] or self._closed:
+            f = self._landing(index)
+            if f is None or self.have[index]:
                 return None
-            return f[0], self.buf.piece_view(index)
+            return f.gen, self.buf.piece_view(index)
 
     def wait_fill(self, index: int, gen: int, have: int, timeout: float) -> int:
         """Bytes of fill ``gen`` landed (a prefix), once more than ``have``; the piece's length once
@@ -199,14 +219,13 @@ class Job:
         deadline = time.monotonic() + timeout
         with self.cond:
             while True:
-                f = self._fills.get(index)
-                if f is None or f[0] != gen:
-                    return self.piece_length(index) if self._fill_done.get(index) == (gen, True) else -1
-                if f[1] > have:
-                    return f[1]
+                done = self._outcome(index, gen)
+                if done is not None:
+                    return self.piece_length(index) if done else -1
+                landed = self._fills[index].landed
+                if landed > have:
+                    return landed
                 left = deadline - time.monotonic()
-                if self._closed:
-                    return -1
                 if left <= 0:
                     return have
                 self.cond.wait(left)
@@ -214,34 +233,29 @@ class Job:
     def fill_verdict(self, index: int, gen: int) -> bool | None:
         """Whether fill ``gen`` of ``index`` was verified and committed (None: not decided yet)."""
         with self.cond:
-            f = self._fills.get(index)
-            if f is not None and f[0] == gen and not self._closed:
-                return None
-            return self._fill_done.get(index) == (gen, True)
+            return self._outcome(index, gen)
 
     def begin_fill(self, index: int) -> int:
         """A fetcher starts receiving ``index`` into the buffer: a new fill generation."""
         with self.cond:
             self._fill_gen += 1
-            gen = self._fill_gen
-            self._fills[index] = [gen, 0]
+            self._fills[index] = _Fill(self._fill_gen)
             self.cond.notify_all()
-            return gen
+            return self._fill_gen
 
     def fill_progress(self, index: int, gen: int, landed: int) -> None:
         with self.cond:
             f = self._fills.get(index)
-            if f is not None and f[0] == gen and landed > f[1]:
-                f[1] = landed
+            if f is not None and f.gen == gen and f.verified is None and landed > f.landed:
+                f.landed = landed
                 self.cond.notify_all()
 
     def end_fill(self, index: int, gen: int) -> None:
         """Fill ``gen`` ends without a commit (bad bytes, session gone, re-plan): streams of it stop."""
         with self.cond:
             f = self._fills.get(index)
-            if f is not None and f[0] == gen:
-                del self._fills[index]
-                self._fill_done[index] = (gen, False)
+            if f is not None and f.gen == gen and f.verified is None:
+                f.verified = False
                 self.cond.notify_all()
 
     def sent(self, nbytes: int, transport: str) -> None:
@@ -263,8 +277,8 @@ class Job:
         """
         if self.upload_bps <= 0:
             return 0.0
-        down = self.children_bps.get(child, 0.0) if child is not None else 0.0
-        return PACE_FRACTION * min(self.upload_bps / max(len(self.children), 1), (down or self.upload_bps) / max(self.k, 1))
+        down = self.children_bps.get(child) or self.upload_bps
+        return PACE_FRACTION * min(self.upload_bps / max(len(self.children), 1), down / max(self.k, 1))
 
     def regions(self) -> dict:
         """The store mappings pieces are served from (registered by the RDMA transport)."""
@@ -304,9 +318,9 @@ class Job:
         with self.cond:
             first = not self.have[i]
             self.have[i] = 1
-            fill = self._fills.pop(i, None)
-            if fill is not None:
-                self._fill_done[i] = (fill[0], True)
+            fill = self._fills.get(i)
+            if fill is not None and fill.verified is None:
+                fill.verified = True
             if first:
                 self._new_have.append(i)
                 if source == "origin":
